@@ -1,0 +1,468 @@
+"""Random-bases optimisers (RBD, FPD, NES) with the ``torch.optim`` interface.
+
+All three share the seeded engine in :mod:`rbd.projection`. Parameters of a
+param group are seen as one flat vector theta of length D, split into
+compartments (contiguous ranges), each with its own independent bases: the
+projection is block diagonal.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from rbd.projection import DISTRIBUTIONS, generate_directions, project, step_seeds
+
+METHODS = ("sgd", "rbd", "fpd", "nes")
+
+# Compressed compartments never get fewer directions than this (paper.md).
+MIN_COMPARTMENT_DIM = 10
+
+
+@dataclass(frozen=True)
+class Compartment:
+    """A contiguous range [start, stop) of one param group's flat vector with
+    ``dim`` directions; ``index`` (unique across groups) enters the seeds."""
+
+    group: int
+    index: int
+    start: int
+    stop: int
+    dim: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+def compartment_ranges(spec: str, sizes: list[int], dim: int) -> list[tuple[int, int, int]]:
+    """Split a flat vector made of tensors with ``sizes`` into compartments.
+
+    Returns ``(start, stop, dim_k)`` triples that cover ``[0, sum(sizes))``
+    exactly once, in order. Specs: ``"none"`` (one range, ``dim``),
+    ``"layer"`` (one per tensor, ``dim`` each), ``"chunk:<n>"`` (consecutive
+    ranges of n entries, the last one shorter, ``dim`` each),
+    ``"compression:<f>"`` (one per tensor with ``max(ceil(n_k / f), 10)``).
+    """
+    total = sum(sizes)
+    offsets = [0]
+    for n in sizes:
+        offsets.append(offsets[-1] + n)
+    if spec == "none":
+        return [(0, total, dim)] if total else []
+    if spec == "layer":
+        return [(a, b, dim) for a, b in zip(offsets[:-1], offsets[1:], strict=True) if b > a]
+    kind, _, value = spec.partition(":")
+    if kind == "chunk":
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"Invalid compartments: {spec!r} (chunk size must be an integer >= 1)")
+        return [(a, min(a + n, total), dim) for a in range(0, total, n)]
+    if kind == "compression":
+        try:
+            f = float(value)
+        except ValueError:
+            f = 0.0
+        if not f > 0 or not math.isfinite(f):
+            raise ValueError(f"Invalid compartments: {spec!r} (factor must be a number > 0)")
+        return [
+            (a, b, max(math.ceil((b - a) / f), MIN_COMPARTMENT_DIM))
+            for a, b in zip(offsets[:-1], offsets[1:], strict=True)
+            if b > a
+        ]
+    raise ValueError(
+        f"Invalid compartments: {spec!r}; use 'none', 'layer', 'chunk:<n>' or 'compression:<f>'"
+    )
+
+
+def _validate(lr: float, dim: int, distribution: str, seed: int, worker: int) -> None:
+    if not lr >= 0.0:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+        raise ValueError(f"Invalid dim: {dim} (must be an integer >= 1)")
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"Invalid distribution: {distribution!r}; choose one of {DISTRIBUTIONS}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"Invalid seed: {seed} (must be an integer >= 0)")
+    if not isinstance(worker, int) or isinstance(worker, bool) or worker < 0:
+        raise ValueError(f"Invalid worker: {worker} (must be an integer >= 0)")
+
+
+def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors]) if tensors else torch.zeros(0)
+
+
+class _RandomBases(torch.optim.Optimizer):
+    """Shared set-up of RBD and FPD: validation, compartments, the step loop."""
+
+    redraw = True  # RBD draws new bases every step; FPD keeps the step-0 ones
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        dim: int = 250,
+        distribution: str = "gaussian",
+        seed: int = 0,
+        *,
+        normalize: bool = True,
+        compartments: str = "none",
+        worker: int = 0,
+        chunk_size: int | None = None,
+    ):
+        _validate(lr, dim, distribution, seed, worker)
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"Invalid chunk_size: {chunk_size}")
+        defaults = dict(lr=lr, step=0)
+        super().__init__(params, defaults)
+        self.dim = dim
+        self.distribution = distribution
+        self.seed = seed
+        self.normalize = bool(normalize)
+        self.compartments_spec = compartments
+        self.worker = worker
+        self.chunk_size = chunk_size
+        self.compartments: list[Compartment] = []
+        for gi, group in enumerate(self.param_groups):
+            sizes = [p.numel() for p in group["params"]]
+            for a, b, k in compartment_ranges(compartments, sizes, dim):
+                self.compartments.append(Compartment(gi, len(self.compartments), a, b, k))
+        self.stats: dict[str, float] = {}
+
+    @property
+    def num_coordinates(self) -> int:
+        """Trainable coordinates per step: sum of d_k over compartments."""
+        return sum(c.dim for c in self.compartments)
+
+    @property
+    def num_params(self) -> int:
+        """D: entries of all parameters handled by this optimiser."""
+        return sum(c.size for c in self.compartments)
+
+    @property
+    def compression(self) -> float:
+        """D / sum d_k."""
+        return self.num_params / max(self.num_coordinates, 1)
+
+    def seeds(self, compartment: Compartment, step: int, worker: int | None = None) -> list[int]:
+        """Seeds of a compartment's directions at ``step`` (for any worker)."""
+        step = step if self.redraw else 0
+        worker = self.worker if worker is None else worker
+        return step_seeds(self.seed, step, compartment.index, worker, compartment.dim)
+
+    def _project(self, compartment: Compartment, step: int, grad: torch.Tensor):
+        return project(
+            grad,
+            self.seeds(compartment, step),
+            self.distribution,
+            normalize=self.normalize,
+            chunk_size=self.chunk_size,
+        )
+
+    def _record(self, coords: torch.Tensor, compartment: Compartment, lr: float) -> None:
+        """Hook for FPD to accumulate its coordinates."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        dot = norm_u = norm_g = 0.0
+        all_coords = []
+        for gi, group in enumerate(self.param_groups):
+            params = group["params"]
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            g = _flat(grads)
+            update = torch.zeros_like(g)
+            for comp in self.compartments:
+                if comp.group != gi:
+                    continue
+                coords, u = self._project(comp, group["step"], g[comp.start : comp.stop])
+                update[comp.start : comp.stop] = u
+                all_coords.append(coords.float())
+                self._record(coords, comp, group["lr"])
+            lr = group["lr"]
+            offset = 0
+            for p in params:
+                n = p.numel()
+                p.add_(update[offset : offset + n].view_as(p), alpha=-lr)
+                offset += n
+            group["step"] += 1
+            dot += lr * float(torch.dot(update.double(), g.double()))
+            norm_u += lr * lr * float(update.double().square().sum())
+            norm_g += float(g.double().square().sum())
+        coords = torch.cat(all_coords) if all_coords else torch.zeros(0)
+        denom = math.sqrt(norm_u * norm_g)
+        self.stats = {
+            "grad_corr": dot / denom if denom > 0 else float("nan"),
+            "coord_mean": float(coords.mean()) if coords.numel() else float("nan"),
+            "coord_std": float(coords.std()) if coords.numel() > 1 else float("nan"),
+        }
+        return loss
+
+
+class RBD(_RandomBases):
+    r"""Random bases descent (Gressmann et al. 2020).
+
+    At step t, for each compartment k with parameters theta_k (n_k entries)
+    and gradient g_k, draw d_k directions phi_i from seeds
+    ``(seed, t, k, worker, i)`` and update
+
+    .. math:: c = \Phi g_k, \qquad \theta_k \leftarrow \theta_k - \eta\, \Phi^\top c
+
+    with rows ``phi_i / sqrt(n_k)`` (``normalize=True``) or raw rows and the
+    update divided by d_k (``normalize=False``).
+
+    Args:
+        params: parameters or param groups, as for ``torch.optim.SGD``.
+        lr: learning rate eta (>= 0).
+        dim: directions per compartment (for ``compression:<f>`` the d_k are
+            set by f instead).
+        distribution: one of ``rbd.projection.DISTRIBUTIONS``.
+        seed: run seed (>= 0); different seeds give independent bases.
+        normalize: scale directions by 1/sqrt(n_k) (default) or the update by 1/d_k.
+        compartments: ``"none"``, ``"layer"``, ``"chunk:<n>"`` or ``"compression:<f>"``.
+        worker: worker id mixed into the seeds (distributed RBD).
+        chunk_size: directions generated at once (default: what fits in L2).
+
+    After each step, ``stats`` holds ``grad_corr`` (cosine between the applied
+    update and the minibatch gradient), ``coord_mean`` and ``coord_std``.
+    """
+
+
+class FPD(_RandomBases):
+    r"""Fixed projection descent (Li et al. 2018): theta = theta_0 + Phi c.
+
+    Phi (block diagonal over compartments) is drawn once from seeds
+    ``(seed, 0, k, worker, i)`` and c, starting at 0, is trained by SGD on
+    L(theta_0 + Phi^T c): ``c <- c - lr * Phi g``, so theta moves by
+    ``-lr * Phi^T (Phi g)``, the RBD step with bases never re-drawn.
+    The directions are regenerated every step unless
+    ``cache=True`` keeps them in memory (d_k x n_k floats per compartment).
+    With ``normalize=False`` the rows are raw and c's step is divided by d_k,
+    so that theta = theta_0 + Phi^T c still holds. The coordinates c are
+    kept in the optimiser state (``state_dict()``), one tensor per
+    compartment. Other arguments as for :class:`RBD`.
+    """
+
+    redraw = False
+
+    def __init__(self, params, *args, cache: bool = False, **kwargs):
+        super().__init__(params, *args, **kwargs)
+        self.cache = bool(cache)
+        self._cached: dict[int, torch.Tensor] = {}
+        for gi, group in enumerate(self.param_groups):
+            comps = [c for c in self.compartments if c.group == gi]
+            first = group["params"][0]
+            self.state[first]["coordinates"] = [
+                torch.zeros(c.dim, dtype=torch.float32, device=first.device) for c in comps
+            ]
+
+    @property
+    def coordinates(self) -> list[torch.Tensor]:
+        """The accumulated coordinates c, one tensor per compartment."""
+        out = []
+        for group in self.param_groups:
+            out.extend(self.state[group["params"][0]]["coordinates"])
+        return out
+
+    def directions(self, compartment: Compartment) -> torch.Tensor:
+        """The compartment's scaled Phi (d_k x n_k), as used in the update."""
+        phi = generate_directions(
+            self.seeds(compartment, 0),
+            compartment.size,
+            self.distribution,
+            device=self.param_groups[compartment.group]["params"][0].device,
+        )
+        return phi / math.sqrt(compartment.size) if self.normalize else phi
+
+    def _project(self, compartment: Compartment, step: int, grad: torch.Tensor):
+        if not self.cache:
+            return super()._project(compartment, step, grad)
+        phi = self._cached.get(compartment.index)
+        if phi is None:
+            phi = self._cached[compartment.index] = self.directions(compartment)
+        coords = phi @ grad.float()
+        update = phi.t() @ coords
+        if not self.normalize:
+            update /= compartment.dim
+        return coords.to(grad.dtype), update.to(grad.dtype)
+
+    def _record(self, coords: torch.Tensor, compartment: Compartment, lr: float) -> None:
+        group = self.param_groups[compartment.group]
+        comps = [c.index for c in self.compartments if c.group == compartment.group]
+        state = self.state[group["params"][0]]["coordinates"]
+        k = comps.index(compartment.index)
+        step = lr if self.normalize else lr / compartment.dim
+        # A new tensor rather than in place: a state_dict() taken earlier
+        # keeps its values.
+        state[k] = state[k] - step * coords.float()
+
+
+class NES(torch.optim.Optimizer):
+    r"""Natural evolution strategies (Salimans et al. 2017), no gradients.
+
+    Draws a population of d perturbations eps_i from seeds
+    ``(seed, t, 0, worker, i)`` (with ``antithetic=True``: d/2 draws and
+    their negatives), evaluates the fitness f_i = L(theta + sigma eps_i) with
+    the closure, maps the fitness ranks to r_i in [-0.5, 0.5] (highest loss
+    +0.5) and updates
+
+    .. math:: \theta \leftarrow \theta - \frac{\eta}{\sigma d} \sum_i r_i \epsilon_i
+
+    ``step(closure)`` needs a closure returning the minibatch loss; it is
+    called d times under ``torch.no_grad()``. Only ``compartments="none"``.
+    With ``normalize=True`` the eps_i are divided by sqrt(D) (default False:
+    raw draws, as in the paper). ``stats`` holds ``loss`` (at theta),
+    ``coord_mean``/``coord_std`` of the rank weights r_i, and ``grad_corr``
+    between the update and ``p.grad`` when every parameter has a gradient
+    (NaN otherwise).
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        dim: int = 250,
+        distribution: str = "gaussian",
+        seed: int = 0,
+        *,
+        sigma: float = 0.01,
+        antithetic: bool = False,
+        normalize: bool = False,
+        compartments: str = "none",
+        worker: int = 0,
+        chunk_size: int | None = None,
+    ):
+        _validate(lr, dim, distribution, seed, worker)
+        if not sigma > 0.0:
+            raise ValueError(f"Invalid sigma: {sigma}")
+        if antithetic and dim % 2:
+            raise ValueError(f"Invalid dim: {dim} (antithetic NES needs an even population)")
+        if compartments != "none":
+            raise ValueError(f"Invalid compartments: {compartments!r} (NES supports only 'none')")
+        super().__init__(params, dict(lr=lr, step=0))
+        self.dim = dim
+        self.distribution = distribution
+        self.seed = seed
+        self.sigma = sigma
+        self.antithetic = bool(antithetic)
+        self.normalize = bool(normalize)
+        self.worker = worker
+        self.chunk_size = chunk_size
+        self.stats: dict[str, float] = {}
+
+    @property
+    def num_coordinates(self) -> int:
+        return self.dim
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for g in self.param_groups for p in g["params"])
+
+    @property
+    def compression(self) -> float:
+        return self.num_params / self.dim
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def _set(self, params: list[torch.Tensor], flat: torch.Tensor) -> None:
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.copy_(flat[offset : offset + n].view_as(p))
+            offset += n
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is None:
+            raise ValueError("NES.step needs a closure that returns the minibatch loss")
+        params = self._params()
+        group = self.param_groups[0]
+        lr, step = group["lr"], group["step"]
+        theta = _flat([p.detach() for p in params])
+        size = theta.numel()
+        draws = self.dim // 2 if self.antithetic else self.dim
+        seeds = step_seeds(self.seed, step, 0, self.worker, draws)
+        scale = 1.0 / math.sqrt(size) if self.normalize else 1.0
+        loss = float(closure())
+        fitness = torch.empty(self.dim, dtype=torch.float64)
+        for i, s in enumerate(seeds):
+            eps = generate_directions([s], size, self.distribution, device=theta.device)[0]
+            eps = eps.mul_(scale).to(theta.dtype)
+            signs = (1.0, -1.0) if self.antithetic else (1.0,)
+            for j, sign in enumerate(signs):
+                self._set(params, theta + (sign * self.sigma) * eps)
+                fitness[i * len(signs) + j] = float(closure())
+        ranks = torch.empty(self.dim, dtype=torch.float64)
+        ranks[fitness.argsort(stable=True)] = torch.arange(self.dim, dtype=torch.float64)
+        weights = ranks / max(self.dim - 1, 1) - 0.5
+        if self.antithetic:
+            # eps_i and -eps_i: their weights combine into one per draw.
+            w = (weights[0::2] - weights[1::2]).float()
+        else:
+            w = weights.float()
+        direction = torch.zeros_like(theta)
+        # The second pass regenerates each eps_i instead of keeping d x D.
+        for i, s in enumerate(seeds):
+            eps = generate_directions([s], size, self.distribution, device=theta.device)[0]
+            direction.add_(eps.to(theta.dtype), alpha=float(w[i]) * scale)
+        direction.mul_(1.0 / (self.sigma * self.dim))
+        self._set(params, theta - lr * direction)
+        for g in self.param_groups:
+            g["step"] += 1
+        grads = [p.grad for p in params]
+        corr = float("nan")
+        if all(gr is not None for gr in grads):
+            g = _flat(grads).double()
+            denom = float(g.norm() * direction.double().norm())
+            if denom > 0:
+                corr = float(torch.dot(g, direction.double())) / denom
+        self.stats = {
+            "grad_corr": corr,
+            "coord_mean": float(weights.mean()),
+            "coord_std": float(weights.std()),
+            "loss": loss,
+        }
+        return loss
+
+
+def build_optimizer(
+    method: str,
+    params,
+    *,
+    lr: float,
+    dim: int,
+    distribution: str = "gaussian",
+    seed: int = 0,
+    compartments: str = "none",
+    **options,
+) -> torch.optim.Optimizer:
+    """The optimiser named ``method`` (one of ``METHODS``).
+
+    ``"sgd"`` is ``torch.optim.SGD(params, lr=lr)`` (no momentum; dim,
+    distribution, seed and compartments are ignored). Other options
+    (``normalize``, ``worker``, ``chunk_size``; FPD ``cache``; NES ``sigma``,
+    ``antithetic``) go to the class.
+    """
+    if method == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    classes = {"rbd": RBD, "fpd": FPD, "nes": NES}
+    if method not in classes:
+        raise ValueError(f"Invalid method: {method!r}; choose one of {METHODS}")
+    return classes[method](
+        params,
+        lr=lr,
+        dim=dim,
+        distribution=distribution,
+        seed=seed,
+        compartments=compartments,
+        **options,
+    )

@@ -1,0 +1,133 @@
+"""The random-bases engine against independent references."""
+
+import math
+
+import pytest
+import torch
+
+from rbd.projection import (
+    DISTRIBUTIONS,
+    direction_seed,
+    generate_directions,
+    project,
+    step_seeds,
+)
+
+
+def seeds_for(dim, seed=0, step=0, compartment=0, worker=0):
+    return [direction_seed(seed, step, compartment, worker, i) for i in range(dim)]
+
+
+def rel_err(a, b):
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm())
+
+
+def test_direction_seed_is_pure_63_bit_and_matches_step_seeds():
+    s = direction_seed(3, 7, 1, 2, 5)
+    assert s == direction_seed(3, 7, 1, 2, 5)
+    assert 0 <= s < 2**63
+    assert step_seeds(3, 7, 1, 2, 6)[5] == s
+    # Every argument matters.
+    others = {
+        direction_seed(*args)
+        for args in [
+            (4, 7, 1, 2, 5),
+            (3, 8, 1, 2, 5),
+            (3, 7, 0, 2, 5),
+            (3, 7, 1, 3, 5),
+            (3, 7, 1, 2, 4),
+        ]
+    }
+    assert s not in others and len(others) == 5
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_rows_depend_only_on_their_seed(distribution):
+    seeds = seeds_for(5)
+    together = generate_directions(seeds, 1001, distribution)
+    for i, s in enumerate(seeds):
+        alone = generate_directions([s], 1001, distribution)[0]
+        assert torch.equal(together[i], alone)
+    reordered = generate_directions(seeds[::-1], 1001, distribution)
+    assert torch.equal(reordered, together.flip(0))
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_project_matches_dense_matrix(distribution, normalize):
+    torch.manual_seed(0)
+    size, dim = 3001, 37
+    g = torch.randn(size)
+    seeds = seeds_for(dim, seed=11)
+    phi = torch.stack([generate_directions([s], size, distribution)[0] for s in seeds]).double()
+    if normalize:
+        phi = phi / math.sqrt(size)
+    c_ref = phi @ g.double()
+    u_ref = phi.t() @ c_ref
+    if not normalize:
+        u_ref = u_ref / dim
+    c, u = project(g, seeds, distribution, normalize=normalize, chunk_size=8)
+    assert rel_err(c, c_ref) < 1e-5
+    assert rel_err(u, u_ref) < 1e-5
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_chunk_size_does_not_change_result(distribution):
+    torch.manual_seed(1)
+    size, dim = 2049, 24
+    g = torch.randn(size)
+    seeds = seeds_for(dim, seed=5)
+    results = [project(g, seeds, distribution, chunk_size=k) for k in (1, 8, dim)]
+    c0, u0 = results[0]
+    for c, u in results[1:]:
+        assert rel_err(c, c0) < 1e-6
+        assert rel_err(u, u0) < 1e-6
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_directions_do_not_depend_on_threads(threads):
+    seeds = seeds_for(3, seed=9)
+    ref = {d: generate_directions(seeds, 70001, d) for d in DISTRIBUTIONS}
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for d in DISTRIBUTIONS:
+            assert torch.equal(generate_directions(seeds, 70001, d), ref[d])
+    finally:
+        torch.set_num_threads(old)
+
+
+# (mean, variance, fourth central moment) of each distribution.
+MOMENTS = {
+    "gaussian": (0.0, 1.0, 3.0),
+    "uniform": (0.0, 1.0 / 3.0, 1.0 / 5.0),
+    "rademacher": (0.0, 1.0, 1.0),
+    "bernoulli-official": (-0.5, 1.0, 1.0),
+}
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_sample_moments_match_theory(distribution):
+    x = generate_directions(seeds_for(10, seed=2), 100_000, distribution).double().flatten()
+    n = x.numel()
+    mean, var, m4 = MOMENTS[distribution]
+    # Five standard errors, from the distribution's own higher moments.
+    assert abs(float(x.mean()) - mean) < 5 * math.sqrt(var / n)
+    # Rademacher-like draws have a sample variance with (almost) no spread.
+    assert abs(float(x.var()) - var) < 5 * math.sqrt((m4 - var**2) / n) + 1e-6
+    if distribution == "gaussian":
+        assert abs(float((x**4).mean()) - 3.0) < 5 * math.sqrt((105 - 9) / n)
+        # Same fraction beyond 2 sigma as N(0, 1): 4.55%.
+        assert abs(float((x.abs() > 2).double().mean()) - 0.0455) < 0.002
+    if distribution in ("rademacher", "bernoulli-official"):
+        assert set(x.unique().tolist()) == (
+            {-1.0, 1.0} if distribution == "rademacher" else {-1.5, 0.5}
+        )
+    if distribution == "uniform":
+        assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
+
+
+def test_unknown_distribution_is_rejected():
+    with pytest.raises(ValueError, match="distribution"):
+        generate_directions([1], 10, "cauchy")
