@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-MODELS = ("fc", "cnn")
+MODELS = ("fc", "cnn", "resnet8")
 
 
 def fc(input_shape: tuple[int, int, int], num_classes: int = 10) -> nn.Module:
@@ -36,7 +37,66 @@ def cnn(input_shape: tuple[int, int, int], num_classes: int = 10) -> nn.Module:
     )
 
 
-_BUILDERS = {"fc": fc, "cnn": cnn}
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus a 1x1-conv-BN projection shortcut, then ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class ResNet8(nn.Module):
+    """ResNet-8 for CIFAR-10: D = 78,330 on 32x32x3, as the paper states.
+
+    A CIFAR ResNet (He et al. 2016, 6n+2 layers with n = 1): a 3x3 convolution to 16
+    channels with batch norm and ReLU, one basic block per stage at 16, 32 and 64 channels
+    (strides 1, 2, 2), global average pooling and a dense layer to 10 classes. Convolutions
+    have no bias (batch norm follows each one). Every block's shortcut is a 1x1 projection
+    with batch norm, the first block included (He et al.'s option C, "all shortcuts are
+    projections"): of the layouts searched this is the one whose trainable parameter count
+    is exactly the paper's 78,330 (the usual identity shortcut in the first stage gives
+    78,042; conv biases everywhere 78,378). The authors' ResNet code is not public; another
+    reading of their number is Keras's ``count_params`` (which also counts batch norm's moving
+    mean and variance) on a layout with 240 batch-norm channels, whose trainable D would be
+    77,850. Batch norm's running statistics are buffers, so they are never projected or
+    counted in D; train()/eval() is the caller's job.
+    """
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(input_shape[0], 16, 3, padding=1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+        )
+        self.stages = nn.Sequential(
+            BasicBlock(16, 16, 1), BasicBlock(16, 32, 2), BasicBlock(32, 64, 2)
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x)))
+
+
+def resnet8(input_shape: tuple[int, int, int], num_classes: int = 10) -> nn.Module:
+    """ResNet-8 (see `ResNet8`); any input size, D = 78,330 on 32x32x3."""
+    return ResNet8(input_shape, num_classes)
+
+
+_BUILDERS = {"fc": fc, "cnn": cnn, "resnet8": resnet8}
 
 
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int = 10) -> nn.Module:
