@@ -1,0 +1,5 @@
+import sys
+
+from rbd.cli import main
+
+sys.exit(main())

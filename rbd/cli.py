@@ -1,0 +1,257 @@
+"""Command line: `rbd train`, `rbd download`, `rbd aggregate`, `rbd render`, `rbd check-config`.
+
+Every flag is named after its config key (`--batch-size` is `batch_size`), and
+every choice is checked here, before any data is touched, with a message that
+names the flag and the allowed values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+METHODS = ("sgd", "rbd", "fpd", "nes")
+DISTRIBUTIONS = ("gaussian", "uniform", "rademacher", "bernoulli-official")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _learning_rate(text: str) -> float:
+    from rbd.config import ConfigError, parse_lr
+
+    try:
+        return parse_lr(float(text) if _is_number(text) else text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("lr: ")) from None
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _choices_from(module: str, name: str, fallback: tuple[str, ...]) -> tuple[str, ...]:
+    import importlib
+
+    try:
+        return tuple(getattr(importlib.import_module(module), name))
+    except (ImportError, AttributeError):
+        return fallback
+
+
+def _add_train_parser(sub) -> None:
+    from rbd.data import DATASETS
+    from rbd.models import MODELS
+
+    methods = _choices_from("rbd.optim", "METHODS", METHODS)
+    distributions = _choices_from("rbd.projection", "DISTRIBUTIONS", DISTRIBUTIONS)
+    p = sub.add_parser("train", help="train one run; resumes from DIR/checkpoint.pt if present")
+    p.add_argument("--method", required=True, choices=methods)
+    p.add_argument("--model", required=True, choices=MODELS)
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--dim", type=_non_negative_int, default=250, help="subspace dimension d")
+    p.add_argument("--distribution", "--dist", default="gaussian",
+                   choices=distributions + ("none",), help="direction distribution")  # fmt: skip
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--epochs", type=_positive_int, default=5)
+    p.add_argument("--lr", type=_learning_rate, required=True, help="a number or 2^k")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--compartments", default="none",
+                   help="none, layer, chunk:<n> or compression:<f>")  # fmt: skip
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
+                   help="divide directions by sqrt(D) (else the update by d)")  # fmt: skip
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--switch", default="none", help="none, sgd_first:<epoch> or sgd_last:<epoch>")
+    p.add_argument("--sgd-lr", type=_learning_rate, default=None,
+                   help="learning rate of the SGD phase when switching")  # fmt: skip
+    p.add_argument("--nes-sigma", type=_positive_float, default=0.01)
+    p.add_argument("--out", required=True, type=Path, help="run directory")
+    p.add_argument("--data-dir", default=None, help="data root (default: $RBD_DATA_DIR)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--checkpoint-minutes", type=_positive_float, default=10.0)
+    p.add_argument("--divergence-loss", type=_positive_float, default=1e3)
+    p.add_argument("--train-limit", type=_positive_int, default=None,
+                   help="use only the first N training images (smoke tests)")  # fmt: skip
+    p.set_defaults(func=_cmd_train)
+
+
+def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    import re
+
+    from rbd.train import TrainConfig
+
+    checks = {
+        "--compartments": (args.compartments,
+                           r"^(none|layer|chunk:[1-9][0-9]*|compression:[0-9]+(\.[0-9]+)?)$"),
+        "--switch": (args.switch, r"^(none|sgd_first:[1-9][0-9]*|sgd_last:[1-9][0-9]*)$"),
+        "--device": (args.device, r"^(auto|cpu|cuda(:[0-9]+)?)$"),
+    }  # fmt: skip
+    for flag, (value, pattern) in checks.items():
+        if not re.match(pattern, value):
+            parser.error(f"argument {flag}: invalid value {value!r} (expected {pattern})")
+    if args.method != "sgd" and args.dim < 1:
+        parser.error(f"argument --dim: must be a positive integer for --method {args.method}")
+    if args.method != "sgd" and args.distribution == "none":
+        parser.error(f"argument --distribution: choose a distribution for --method {args.method}")
+    if args.switch != "none" and not 0 < int(args.switch.partition(":")[2]) < args.epochs:
+        parser.error(f"argument --switch: the switch epoch must lie inside 1..{args.epochs - 1}")
+    values = {k: v for k, v in vars(args).items() if k not in ("func", "command", "out", "verbose")}
+    return TrainConfig(**values)
+
+
+def _cmd_train(args, parser) -> int:
+    from rbd.train import train
+
+    cfg = _train_config(args, parser)
+    record = train(cfg, args.out)
+    acc = record.get("final_val_acc")
+    print(f"{record['status']}: {args.out} (val_acc {acc if acc is None else f'{acc:.2f}'}%)")
+    return 0
+
+
+def _add_download_parser(sub) -> None:
+    from rbd.data import DATASETS
+
+    p = sub.add_parser("download", help="fetch a data set into the data directory (needs internet)")
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--data-dir", default=None)
+    p.set_defaults(func=_cmd_download)
+
+
+def _cmd_download(args, parser) -> int:
+    from rbd import data
+
+    download = getattr(data, "download_dataset", None)
+    if download is None:
+        parser.error("this version cannot download data sets")
+    path = download(args.dataset, args.data_dir)
+    print(f"{args.dataset}: ready under {path}")
+    return 0
+
+
+def _add_aggregate_parser(sub) -> None:
+    p = sub.add_parser("aggregate", help="aggregate finished runs into a tidy table (CSV)")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--out", required=True, type=Path, help="CSV to write")
+    p.add_argument("runs", nargs="+", type=Path, help="run.json files (or their directories)")
+    p.set_defaults(func=_cmd_aggregate)
+
+
+def _cmd_aggregate(args, parser) -> int:
+    from rbd.io import write_text
+    from rbd.tables import aggregate, load_runs
+
+    table = aggregate(load_runs(args.runs), args.experiment)
+    write_text(args.out, table.to_csv(index=False))
+    print(f"{args.experiment}: {len(table)} rows -> {args.out}")
+    return 0
+
+
+def _add_render_parser(sub) -> None:
+    p = sub.add_parser("render", help="render an aggregated table as PDF, Markdown and LaTeX")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--csv", required=True, type=Path)
+    p.add_argument("--pdf", type=Path)
+    p.add_argument("--md", type=Path)
+    p.add_argument("--tex", type=Path)
+    p.set_defaults(func=_cmd_render)
+
+
+def _cmd_render(args, parser) -> int:
+    import pandas as pd
+
+    from rbd.tables import render
+
+    render(pd.read_csv(args.csv), args.experiment, pdf=args.pdf, md=args.md, tex=args.tex)
+    return 0
+
+
+def _add_check_parser(sub) -> None:
+    p = sub.add_parser("check-config", help="validate a workflow config and list its runs")
+    p.add_argument("configs", nargs="+", type=Path, help="config files, later ones override")
+    p.add_argument("--schema", type=Path, default=None)
+    p.set_defaults(func=_cmd_check)
+
+
+def _cmd_check(args, parser) -> int:
+    from rbd.config import (
+        DEFAULT_SCHEMA,
+        ConfigError,
+        experiment_runs,
+        load_config_files,
+        validate_config,
+    )
+
+    config = load_config_files(args.configs)
+    try:
+        validate_config(config, args.schema or DEFAULT_SCHEMA)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for name, runs in experiment_runs(config).items():
+        print(f"{name}: {len(runs)} runs")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rbd", description="Random-bases descent: train runs and build the paper's tables."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train_parser(sub)
+    _add_download_parser(sub)
+    _add_aggregate_parser(sub)
+    _add_render_parser(sub)
+    _add_check_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    subparser = parser._subparsers._group_actions[0].choices[args.command]
+    return args.func(args, subparser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

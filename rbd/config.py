@@ -1,0 +1,182 @@
+"""Workflow configuration: validation against the schema, and expansion into runs.
+
+The schema (`config/schemas/config.schema.yaml`) is the contract users read;
+this module adds the checks a schema cannot express (a dim larger than the
+model, an unreadable learning rate) and turns each experiment into its grid
+of `RunSpec`s. Errors name the offending key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+
+import yaml
+
+from rbd.runs import RunSpec
+
+DEFAULT_SCHEMA = Path("config/schemas/config.schema.yaml")
+_POWER_OF_TWO = re.compile(r"^\s*2\s*\^\s*(-?\d+)\s*$")
+# Experiment keys that hold lists to take the product over, and the RunSpec field each feeds.
+GRID_KEYS = {
+    "methods": "method",
+    "models": "model",
+    "datasets": "dataset",
+    "dims": "dim",
+    "distributions": "distribution",
+    "seeds": "seed",
+    "compartments": "compartments",
+    "switches": "switch",
+    "lrs": "lr",
+}
+# Scalar settings an experiment may override; the same keys form `defaults`.
+SCALAR_KEYS = ("epochs", "batch_size", "normalize", "augment", "nes_sigma")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key."""
+
+
+def parse_lr(value, key: str = "lr") -> float:
+    """A learning rate given as a number or as '2^k' (the paper's notation)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a positive number or '2^k', got {value!r}")
+    if isinstance(value, int | float):
+        lr = float(value)
+    else:
+        match = _POWER_OF_TWO.match(str(value))
+        if not match:
+            raise ConfigError(f"{key}: expected a positive number or '2^k', got {value!r}")
+        lr = 2.0 ** int(match[1])
+    if not lr > 0:
+        raise ConfigError(f"{key}: the learning rate must be positive, got {value!r}")
+    return lr
+
+
+def load_schema(path: str | Path = DEFAULT_SCHEMA) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def validate_config(config: dict, schema: dict | str | Path = DEFAULT_SCHEMA) -> None:
+    """Raise ConfigError for the first problem found, naming the key path."""
+    import jsonschema
+
+    if not isinstance(schema, dict):
+        schema = load_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.path), list(e.path)))
+    if errors:
+        raise ConfigError(_describe(errors[0]))
+    for name in config.get("experiments", {}):
+        runs = expand_experiment(config, name)
+        for spec in runs:
+            _check_run(spec, f"experiments.{name}")
+
+
+def _describe(error) -> str:
+    path = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        return (
+            f"config key {path}: unknown key(s) {', '.join(map(repr, extra))}; "
+            f"allowed: {', '.join(allowed)}"
+        )
+    if error.validator == "enum":
+        return (
+            f"config key {path}: {error.instance!r} is not allowed; "
+            f"choose one of {', '.join(map(str, error.validator_value))}"
+        )
+    return f"config key {path}: {error.message}"
+
+
+def _check_run(spec: RunSpec, where: str) -> None:
+    from rbd.data import INPUT_SHAPES
+    from rbd.models import build_model, count_params
+
+    num_params = count_params(build_model(spec.model, INPUT_SHAPES[spec.dataset]))
+    if spec.method != "sgd" and spec.dim > num_params:
+        raise ConfigError(
+            f"config key {where}.dims: dim {spec.dim} exceeds D = {num_params} of "
+            f"{spec.model} on {spec.dataset}"
+        )
+    if spec.switch != "none":
+        at = int(spec.switch.partition(":")[2])
+        if not 0 < at < spec.epochs:
+            raise ConfigError(
+                f"config key {where}.switches: {spec.switch!r} must switch strictly "
+                f"between epoch 0 and {spec.epochs}"
+            )
+
+
+def learning_rate(config: dict, method: str, model: str, dataset: str) -> float:
+    """The configured rate for (method, model, dataset); the key path is named if missing."""
+    table = config.get("learning_rates", {}).get(method, {})
+    pair = f"{model}-{dataset}"
+    if pair not in table:
+        raise ConfigError(
+            f"config key learning_rates.{method}.{pair} is missing (needed by an experiment); "
+            f"give a number or '2^k'"
+        )
+    return parse_lr(table[pair], f"learning_rates.{method}.{pair}")
+
+
+def expand_experiment(config: dict, name: str) -> list[RunSpec]:
+    """The experiment's runs: the product of its lists, defaults filled in, in a stable order."""
+    experiments = config.get("experiments", {})
+    if name not in experiments:
+        raise ConfigError(
+            f"experiment {name!r} is not in config key experiments; "
+            f"configured: {', '.join(experiments) or 'none'}"
+        )
+    exp, defaults = experiments[name], config.get("defaults", {})
+    grid = {}
+    for key, field in GRID_KEYS.items():
+        default_key = "seeds" if key == "seeds" else field
+        values = exp.get(key, defaults.get(default_key))
+        if values is None:
+            continue
+        grid[field] = values if isinstance(values, list) else [values]
+    scalars = {k: exp.get(k, defaults.get(k)) for k in SCALAR_KEYS}
+    scalars = {k: v for k, v in scalars.items() if v is not None}
+    sgd_lr_needed = any(s != "none" for s in grid.get("switch", ["none"]))
+    runs = []
+    for values in itertools.product(*grid.values()):
+        settings = dict(zip(grid, values, strict=True)) | scalars
+        method, model, dataset = settings["method"], settings["model"], settings["dataset"]
+        if "lr" in settings:
+            settings["lr"] = parse_lr(settings["lr"], f"experiments.{name}.lrs")
+        else:
+            settings["lr"] = learning_rate(config, method, model, dataset)
+        if method == "sgd":
+            # The subspace settings do not apply; one SGD run serves every dim/distribution.
+            settings |= {"dim": 0, "distribution": "none", "compartments": "none"}
+        if sgd_lr_needed and settings.get("switch", "none") != "none":
+            settings["sgd_lr"] = learning_rate(config, "sgd", model, dataset)
+        runs.append(RunSpec(**settings))
+    return list(dict.fromkeys(runs))
+
+
+def experiment_runs(config: dict) -> dict[str, list[RunSpec]]:
+    return {name: expand_experiment(config, name) for name in config.get("experiments", {})}
+
+
+def load_config_files(paths) -> dict:
+    """Read config files the way this workflow combines them: a file that names a
+    `preset` replaces the configuration as a whole; other files merge key by key."""
+    config: dict = {}
+    for path in paths:
+        layer = yaml.safe_load(Path(path).read_text()) or {}
+        config = layer if "preset" in layer else _merge(config, layer)
+    return config
+
+
+def _merge(base: dict, layer: dict) -> dict:
+    merged = dict(base)
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

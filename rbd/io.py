@@ -1,0 +1,42 @@
+"""Atomic file writes: a reader (or a killed job) never sees half a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda h: h.write(text.encode()))
+
+
+def write_json(path: Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def save_torch(path: Path, obj) -> None:
+    _atomic_write(path, lambda h: torch.save(obj, h))
+
+
+def load_torch(path: Path):
+    """Checkpoints hold tensors, numbers and strings only, so the safe loader suffices."""
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,158 @@
+"""A training run's identity: its settings, and the directory name that encodes them.
+
+Snakemake matches `results/runs/{run}/run.json`; the run key is the only place
+where settings become a path and back, so the workflow and the CLI cannot
+disagree on what a directory holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shlex
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that changes a run's result (operational settings excluded)."""
+
+    method: str
+    model: str
+    dataset: str
+    dim: int
+    distribution: str
+    lr: float
+    epochs: int
+    seed: int
+    batch_size: int = 32
+    compartments: str = "none"
+    normalize: bool = True
+    augment: bool = False
+    switch: str = "none"
+    sgd_lr: float | None = None
+    nes_sigma: float = 0.01
+
+    @property
+    def key(self) -> str:
+        return run_key(self)
+
+    def cli_args(self) -> list[str]:
+        """`rbd train` flags that reproduce this run (without --out)."""
+        args = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            if isinstance(value, bool):
+                args.append(flag if value else "--no-" + flag[2:])
+            else:
+                args += [flag, _fmt(value)]
+        return args
+
+    def shell_args(self) -> str:
+        """The CLI flags, each quoted for a POSIX shell."""
+        return shlex.join(self.cli_args())
+
+
+# Optional settings written into the key only when they differ from the default,
+# so that adding a setting later does not rename existing runs.
+_OPTION_TOKENS = {
+    "compartments": "c",
+    "normalize": "norm",
+    "augment": "aug",
+    "switch": "sw",
+    "sgd_lr": "slr",
+    "nes_sigma": "sig",
+}
+_ESCAPES = (("_", "+"), (":", "@"))
+_HEAD = re.compile(r"^d(?P<dim>\d+)_(?P<distribution>[a-z0-9-]+)$")
+_TAIL = re.compile(r"^seed(?P<seed>\d+)$")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _escape(text: str) -> str:
+    for raw, safe in _ESCAPES:
+        text = text.replace(raw, safe)
+    return text
+
+
+def _unescape(text: str) -> str:
+    for raw, safe in _ESCAPES:
+        text = text.replace(safe, raw)
+    return text
+
+
+def run_key(spec: RunSpec) -> str:
+    """`dataset/model/method/d{dim}_{dist}/lr-{lr}_e-{epochs}_b-{batch}[_opt-val]/seed{seed}`."""
+    defaults = {f.name: f.default for f in fields(RunSpec)}
+    tokens = [f"lr-{_fmt(spec.lr)}", f"e-{spec.epochs}", f"b-{spec.batch_size}"]
+    for name, prefix in _OPTION_TOKENS.items():
+        value = getattr(spec, name)
+        if value != defaults[name]:
+            tokens.append(f"{prefix}-{_escape(_fmt(value))}")
+    return "/".join(
+        [
+            spec.dataset,
+            spec.model,
+            spec.method,
+            f"d{spec.dim}_{spec.distribution}",
+            "_".join(tokens),
+            f"seed{spec.seed}",
+        ]
+    )
+
+
+def parse_run_key(key: str) -> RunSpec:
+    """Inverse of `run_key`; raises ValueError naming the part it cannot read."""
+    parts = key.strip("/").split("/")
+    if len(parts) != 6:
+        raise ValueError(f"run key {key!r} must have 6 parts, not {len(parts)}")
+    dataset, model, method, head, options, tail = parts
+    head_match, tail_match = _HEAD.match(head), _TAIL.match(tail)
+    if not head_match:
+        raise ValueError(f"run key part {head!r} is not 'd<dim>_<distribution>'")
+    if not tail_match:
+        raise ValueError(f"run key part {tail!r} is not 'seed<n>'")
+    types = {f.name: f.type for f in fields(RunSpec)}
+    by_prefix = {"lr": "lr", "e": "epochs", "b": "batch_size"} | {
+        p: n for n, p in _OPTION_TOKENS.items()
+    }
+    values: dict = {}
+    for token in options.split("_"):
+        prefix, sep, raw = token.partition("-")
+        if not sep or prefix not in by_prefix:
+            raise ValueError(f"run key option {token!r} is not one of {sorted(by_prefix)}")
+        name = by_prefix[prefix]
+        values[name] = _convert(_unescape(raw), types[name])
+    return RunSpec(
+        method=method,
+        model=model,
+        dataset=dataset,
+        dim=int(head_match["dim"]),
+        distribution=head_match["distribution"],
+        seed=int(tail_match["seed"]),
+        **values,
+    )
+
+
+def _convert(raw: str, type_name: str):
+    if "bool" in type_name:
+        return raw == "1"
+    if "float" in type_name:
+        return float(raw)
+    if "int" in type_name:
+        return int(raw)
+    return raw
+
+
+def replace(spec: RunSpec, **changes) -> RunSpec:
+    return dataclasses.replace(spec, **changes)

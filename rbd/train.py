@@ -1,0 +1,393 @@
+"""The training loop, top to bottom: data, model, optimiser, epochs, checkpoints.
+
+One call of `train(config, out_dir)` is one run. It resumes from
+`out_dir/checkpoint.pt` when one is there, records a diverged run instead of
+crashing, and writes `metrics.csv` and `run.json` only when the run has ended.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rbd import __version__
+from rbd.data import Augmentation, load_dataset, preprocess
+from rbd.io import load_torch, save_torch, write_json, write_text
+from rbd.models import build_model, count_params
+from rbd.optim import build_optimizer
+from rbd.runs import RunSpec
+
+log = logging.getLogger("rbd.train")
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.csv"
+RUN_JSON = "run.json"
+TIMING_COLUMNS = ("seconds", "images_per_s")
+STAT_SUMMARIES = ("mean", "std", "min", "max")
+STATUS_DONE, STATUS_DIVERGED = "done", "diverged"
+SWITCH_KINDS = ("sgd_first", "sgd_last")
+
+
+@dataclass(frozen=True)
+class TrainConfig(RunSpec):
+    """A run's settings plus how to execute it (which do not change its result)."""
+
+    data_dir: str | None = None
+    device: str = "auto"
+    threads: int | None = None
+    checkpoint_minutes: float = 10.0
+    divergence_loss: float = 1e3
+    train_limit: int | None = None
+    eval_batch_size: int = 1000
+
+    @property
+    def spec(self) -> RunSpec:
+        names = {f.name for f in fields(RunSpec)}
+        return RunSpec(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of epochs trained with one method (two phases when switching)."""
+
+    method: str
+    lr: float
+    first_epoch: int
+    end_epoch: int
+
+
+def phases(cfg: TrainConfig) -> list[Phase]:
+    if cfg.switch == "none":
+        return [Phase(cfg.method, cfg.lr, 0, cfg.epochs)]
+    kind, _, at = cfg.switch.partition(":")
+    k = int(at)
+    sgd_lr = cfg.sgd_lr if cfg.sgd_lr is not None else cfg.lr
+    if kind == "sgd_first":
+        parts = [Phase("sgd", sgd_lr, 0, k), Phase(cfg.method, cfg.lr, k, cfg.epochs)]
+    elif kind == "sgd_last":
+        parts = [Phase(cfg.method, cfg.lr, 0, k), Phase("sgd", sgd_lr, k, cfg.epochs)]
+    else:
+        raise ValueError(f"switch {cfg.switch!r}: use one of {SWITCH_KINDS} as '<kind>:<epoch>'")
+    return [p for p in parts if p.end_epoch > p.first_epoch]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class StepStats:
+    """Running mean, std, min and max of per-step optimiser statistics over one epoch."""
+
+    def __init__(self, state: dict | None = None):
+        self.state = state if state is not None else {}
+
+    def add(self, stats: dict[str, float]) -> None:
+        for name, value in stats.items():
+            if value is None or not math.isfinite(value):
+                continue
+            n, total, squares, low, high = self.state.get(name, (0, 0.0, 0.0, math.inf, -math.inf))
+            self.state[name] = (n + 1, total + value, squares + value * value,
+                                min(low, value), max(high, value))  # fmt: skip
+
+    def summary(self, names) -> dict[str, float]:
+        row = {}
+        for name in names:
+            n, total, squares, low, high = self.state.get(name, (0, 0.0, 0.0, math.nan, math.nan))
+            mean = total / n if n else math.nan
+            var = max(squares / n - mean * mean, 0.0) if n else math.nan
+            row |= {f"{name}_mean": mean, f"{name}_std": math.sqrt(var),
+                    f"{name}_min": low, f"{name}_max": high}  # fmt: skip
+        return row
+
+
+SUMMARISED_STATS = ("grad_corr", "coord_mean", "coord_std")
+
+
+@torch.no_grad()
+def evaluate(model, x, y, dataset: str, batch_size: int) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (%) of `model` on (x, y), in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(x), batch_size):
+        logits = model(preprocess(dataset, x[i : i + batch_size]))
+        target = y[i : i + batch_size]
+        loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
+        correct += (logits.argmax(1) == target).sum().item()
+    model.train(was_training)
+    return loss_sum / len(x), 100.0 * correct / len(x)
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+    import torchvision
+
+    return {
+        "rbd": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def _metrics_csv(rows: list[dict]) -> str:
+    if not rows:
+        return "epoch\n"
+    columns = list(rows[0])
+    lines = [",".join(columns)]
+    for row in rows:
+        lines.append(",".join(_cell(row.get(c)) for c in columns))
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
+    """Run (or resume, or skip if finished) one training run; return its run.json record."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / RUN_JSON).exists() and (out / METRICS).exists():
+        import json
+
+        log.info("%s already finished; nothing to do", out)
+        return json.loads((out / RUN_JSON).read_text())
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+
+    data = load_dataset(cfg.dataset, cfg.data_dir)
+    train_x, train_y = data.train_x, data.train_y
+    if cfg.train_limit:
+        train_x, train_y = train_x[: cfg.train_limit], train_y[: cfg.train_limit]
+    train_x, train_y = train_x.to(device), train_y.to(device)
+    val_x, val_y = data.val_x.to(device), data.val_y.to(device)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, tuple(train_x.shape[1:])).to(device)
+    num_params = count_params(model)
+    if cfg.method != "sgd" and cfg.dim > num_params:
+        raise ValueError(f"dim={cfg.dim} exceeds the model's {num_params} parameters")
+
+    schedule = phases(cfg)
+    optimizers = [
+        build_optimizer(
+            p.method,
+            model.parameters(),
+            lr=p.lr,
+            dim=cfg.dim,
+            distribution=cfg.distribution,
+            seed=cfg.seed,
+            compartments=cfg.compartments,
+            **_method_options(p.method, cfg),
+        )
+        for p in schedule
+    ]
+    augmentation = Augmentation(cfg.dataset) if cfg.augment else None
+    # Separate streams, so that changing augmentation never changes the data order.
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+
+    rows: list[dict] = []
+    epoch, next_batch, elapsed, resumes = 0, 0, 0.0, 0
+    epoch_acc = _new_epoch_accumulator()
+    order_state = order_gen.get_state()
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.exists():
+        ckpt = load_torch(ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        for opt, state in zip(optimizers, ckpt["optimizers"], strict=True):
+            opt.load_state_dict(state)
+        order_state = ckpt["order_state"]
+        aug_gen.set_state(ckpt["aug_state"].to(aug_gen.get_state().device))
+        epoch, next_batch, elapsed = ckpt["epoch"], ckpt["next_batch"], ckpt["elapsed"]
+        rows, epoch_acc, resumes = ckpt["rows"], ckpt["epoch_acc"], ckpt["resumes"] + 1
+        log.info("resumed %s at epoch %d, batch %d", out, epoch + 1, next_batch)
+
+    def checkpoint() -> None:
+        save_torch(
+            ckpt_path,
+            {
+                "model": model.state_dict(),
+                "optimizers": [opt.state_dict() for opt in optimizers],
+                "order_state": order_state,
+                "aug_state": aug_gen.get_state().cpu(),
+                "epoch": epoch,
+                "next_batch": next_batch,
+                "elapsed": elapsed,
+                "rows": rows,
+                "epoch_acc": epoch_acc,
+                "resumes": resumes,
+            },
+        )
+
+    status = STATUS_DONE
+    n_train = len(train_x)
+    num_batches = math.ceil(n_train / cfg.batch_size)
+    checkpoint_every = cfg.checkpoint_minutes * 60.0
+    last_checkpoint = time.monotonic()
+    model.train()
+    while epoch < cfg.epochs and status == STATUS_DONE:
+        phase_index = next(i for i, p in enumerate(schedule) if p.end_epoch > epoch)
+        phase, optimizer = schedule[phase_index], optimizers[phase_index]
+        order_gen.set_state(order_state)
+        permutation = torch.randperm(n_train, generator=order_gen).to(device)
+        epoch_start = time.monotonic()
+        stats = StepStats(epoch_acc["stats"])
+        bar = _progress(num_batches, next_batch, f"epoch {epoch + 1}/{cfg.epochs}")
+        while next_batch < num_batches:
+            idx = permutation[next_batch * cfg.batch_size : (next_batch + 1) * cfg.batch_size]
+            x, y = train_x[idx], train_y[idx]
+            if augmentation is not None:
+                x = augmentation(x, aug_gen)
+            x = preprocess(cfg.dataset, x)
+            loss, logits = _train_step(model, optimizer, phase.method, x, y)
+            if not math.isfinite(loss) or loss > cfg.divergence_loss:
+                status = STATUS_DIVERGED
+                log.warning("diverged at epoch %d batch %d: loss %s", epoch + 1, next_batch, loss)
+                break
+            stats.add(getattr(optimizer, "stats", {}))
+            epoch_acc["loss"] += loss * len(y)
+            epoch_acc["correct"] += int((logits.argmax(1) == y).sum())
+            epoch_acc["seen"] += len(y)
+            next_batch += 1
+            if bar is not None:
+                bar.update(1)
+            if time.monotonic() - last_checkpoint > checkpoint_every:
+                epoch_acc["seconds"] += time.monotonic() - epoch_start
+                epoch_start = time.monotonic()
+                checkpoint()
+                last_checkpoint = time.monotonic()
+        if bar is not None:
+            bar.close()
+        if status != STATUS_DONE:
+            break
+        seconds = epoch_acc["seconds"] + time.monotonic() - epoch_start
+        elapsed += seconds
+        val_loss, val_acc = evaluate(model, val_x, val_y, cfg.dataset, cfg.eval_batch_size)
+        seen = max(epoch_acc["seen"], 1)
+        row = {
+            "epoch": epoch + 1,
+            "method": phase.method,
+            "train_loss": epoch_acc["loss"] / seen,
+            "train_acc": 100.0 * epoch_acc["correct"] / seen,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            **stats.summary(SUMMARISED_STATS),
+            "seconds": seconds,
+            "images_per_s": seen / seconds if seconds > 0 else math.nan,
+        }
+        if not math.isfinite(val_loss):
+            status = STATUS_DIVERGED
+        rows.append(row)
+        _log_epoch(row, cfg.epochs)
+        epoch, next_batch = epoch + 1, 0
+        epoch_acc = _new_epoch_accumulator()
+        order_state = order_gen.get_state()
+        checkpoint()
+        last_checkpoint = time.monotonic()
+
+    record = {
+        "run_key": cfg.spec.key,
+        "config": dataclasses.asdict(cfg),
+        "method": cfg.method,
+        "model": cfg.model,
+        "dataset": cfg.dataset,
+        "dim": cfg.dim,
+        "num_params": num_params,
+        "num_coordinates": _num_coordinates(optimizers[-1], cfg, num_params),
+        "status": status,
+        "epochs_completed": len(rows),
+        "final_val_acc": rows[-1]["val_acc"] if rows else None,
+        "seconds": elapsed,
+        "resumes": resumes,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "threads": torch.get_num_threads(),
+        "versions": library_versions(),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    if status == STATUS_DONE and data.test_x is not None:
+        test_loss, test_acc = evaluate(
+            model, data.test_x.to(device), data.test_y.to(device), cfg.dataset,
+            cfg.eval_batch_size,
+        )  # fmt: skip
+        record |= {"test_loss": test_loss, "test_acc": test_acc}
+    write_text(out / METRICS, _metrics_csv(rows))
+    write_json(out / RUN_JSON, record)
+    ckpt_path.unlink(missing_ok=True)
+    return record
+
+
+def _method_options(method: str, cfg: TrainConfig) -> dict:
+    """The settings that only some methods take."""
+    if method == "nes":
+        return {"sigma": cfg.nes_sigma}
+    if method in ("rbd", "fpd"):
+        return {"normalize": cfg.normalize}
+    return {}
+
+
+def _new_epoch_accumulator() -> dict:
+    return {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "stats": {}}
+
+
+def _train_step(model, optimizer, method: str, x, y) -> tuple[float, torch.Tensor]:
+    """One optimiser step on (x, y); returns the minibatch loss and logits before the step."""
+    optimizer.zero_grad(set_to_none=True)
+    if method == "nes":
+        with torch.no_grad():
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+
+        def closure():
+            with torch.no_grad():
+                return F.cross_entropy(model(x), y)
+
+        optimizer.step(closure)
+        return loss.item(), logits
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    optimizer.step()
+    return loss.item(), logits.detach()
+
+
+def _num_coordinates(optimizer, cfg: TrainConfig, num_params: int) -> int:
+    return int(getattr(optimizer, "num_coordinates", num_params))
+
+
+def _progress(total: int, done: int, label: str):
+    """A tqdm bar on a terminal; None (one log line per epoch instead) in batch jobs."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc=label, leave=False, unit="batch")
+
+
+def _log_epoch(row: dict, epochs: int) -> None:
+    log.info(
+        "epoch %d/%d  train_loss %.4f  train_acc %.2f  val_loss %.4f  val_acc %.2f"
+        "  grad_corr %.4f  %.1f s  %.0f img/s",
+        row["epoch"], epochs, row["train_loss"], row["train_acc"], row["val_loss"],
+        row["val_acc"], row["grad_corr_mean"], row["seconds"], row["images_per_s"],
+    )  # fmt: skip

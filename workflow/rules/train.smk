@@ -1,0 +1,15 @@
+# One job per training run; the run key in the path holds all its settings.
+
+
+rule train:
+    output:
+        run="results/runs/{run}/run.json",
+        metrics="results/runs/{run}/metrics.csv",
+    log:
+        "logs/train/{run}.log",
+    params:
+        args=lambda wildcards: train_args(wildcards.run),
+        out=lambda wildcards: f"results/runs/{wildcards.run}",
+    threads: config.get("threads", 1)
+    shell:
+        "{PYTHON} -m rbd train {params.args} --out {params.out:q} > {log:q} 2>&1"
