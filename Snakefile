@@ -25,7 +25,9 @@ rule all:
 
 
 onstart:
-    print(f"rbd: preset {config['preset']!r}, {len(ALL_RUNS)} training runs in the plan")
+    print(
+        f"rbd: preset {config['preset']!r}, {len(ALL_RUNS)} training runs in the plan"
+    )
 
 
 onsuccess:
@@ -33,4 +35,6 @@ onsuccess:
 
 
 onerror:
-    print("rbd: a job failed; its log is under logs/ (see the 'log:' line of the failing rule above)")
+    print(
+        "rbd: a job failed; its log is under logs/ (see the 'log:' line of the failing rule above)"
+    )

@@ -9,7 +9,9 @@ from rbd.config import ConfigError, experiment_runs, validate_config
 from rbd.runs import parse_run_key
 
 try:
-    validate_config(config, Path(workflow.basedir) / "config/schemas/config.schema.yaml")
+    validate_config(
+        config, Path(workflow.basedir) / "config/schemas/config.schema.yaml"
+    )
 except ConfigError as err:
     raise WorkflowError(f"invalid configuration: {err}") from None
 
@@ -44,5 +46,9 @@ def train_args(run):
 def all_targets():
     targets = []
     for name in TABLE_EXPERIMENTS:
-        targets += [f"figures/{name}.pdf", f"figures/{name}.md", f"results/tables/{name}.csv"]
+        targets += [
+            f"figures/{name}.pdf",
+            f"figures/{name}.md",
+            f"results/tables/{name}.csv",
+        ]
     return targets

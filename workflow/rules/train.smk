@@ -7,9 +7,9 @@ rule train:
         metrics="results/runs/{run}/metrics.csv",
     log:
         "logs/train/{run}.log",
+    threads: config.get("threads", 1)
     params:
         args=lambda wildcards: train_args(wildcards.run),
         out=lambda wildcards: f"results/runs/{wildcards.run}",
-    threads: config.get("threads", 1)
     shell:
         "{PYTHON} -m rbd train {params.args} --out {params.out:q} > {log:q} 2>&1"
