@@ -1,0 +1,40 @@
+# The two quick-start commands (README): `make demo` and `make test`.
+# Both create or reuse .venv and install the project into it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.rbd-installed
+CORES ?= all
+
+.PHONY: demo test lint test-cluster clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "rbd needs Python 3.11 or newer (found $$($(PYTHON) --version))"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || \
+		{ rm -rf $(VENV); $(PYTHON) -m pip install --user --quiet virtualenv && \
+		  $(PYTHON) -m virtualenv --quiet $(VENV); }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/snakemake --cores $(CORES) --configfile=config/quick.yaml
+	@echo
+	@echo "Quick preset done. Tables: results/tables/*.csv and figures/*.md|.tex|.pdf;"
+	@echo "figures: figures/*.pdf; per-run metrics: results/runs/**/metrics.csv."
+	@ls figures results/tables
+
+test: $(STAMP)
+	@$(PY) -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken"; exit 1; fi; \
+	exit $$rc
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check rbd tests benchmarks
+	$(VENV)/bin/ruff format --check rbd tests benchmarks
+	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
+	$(VENV)/bin/snakemake --lint --configfile=config/quick.yaml
+
+clean:
+	rm -rf results figures logs .snakemake
