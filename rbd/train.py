@@ -177,7 +177,10 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     data = load_dataset(cfg.dataset, cfg.data_dir)
     train_x, train_y = data.train_x, data.train_y
     if cfg.train_limit:
-        train_x, train_y = train_x[: cfg.train_limit], train_y[: cfg.train_limit]
+        # A fixed random subset: data sets may be stored sorted by class.
+        keep = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))
+        keep = keep[: cfg.train_limit]
+        train_x, train_y = train_x[keep], train_y[keep]
     train_x, train_y = train_x.to(device), train_y.to(device)
     val_x, val_y = data.val_x.to(device), data.val_y.to(device)
 
