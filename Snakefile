@@ -1,6 +1,8 @@
 # rbd: regenerate the tables and figures of Gressmann et al. (NeurIPS 2020).
 #   snakemake --cores 8 figures/table1.pdf                              (paper preset)
 #   snakemake --cores 2 --configfile config/quick.yaml figures/table1.pdf  (CPU preset)
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -10,10 +12,11 @@ min_version("9.0")
 # merged into it key by key (which would leak the paper's experiments into it).
 if not config.get("preset"):
 
-    configfile: "config/config.yaml"
+    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/tables.smk"
 

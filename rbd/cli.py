@@ -83,20 +83,34 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--model", required=True, choices=MODELS)
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--dim", type=_non_negative_int, default=250, help="subspace dimension d")
-    p.add_argument("--distribution", "--dist", default="gaussian",
-                   choices=distributions + ("none",), help="direction distribution")  # fmt: skip
+    p.add_argument(
+        "--distribution",
+        "--dist",
+        default="gaussian",
+        choices=distributions + ("none",),
+        help="direction distribution",
+    )
     p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument("--epochs", type=_positive_int, default=5)
     p.add_argument("--lr", type=_learning_rate, required=True, help="a number or 2^k")
     p.add_argument("--batch-size", type=_positive_int, default=32)
-    p.add_argument("--compartments", default="none",
-                   help="none, layer, chunk:<n> or compression:<f>")  # fmt: skip
-    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
-                   help="divide directions by sqrt(D) (else the update by d)")  # fmt: skip
+    p.add_argument(
+        "--compartments", default="none", help="none, layer, chunk:<n> or compression:<f>"
+    )
+    p.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="divide directions by sqrt(D) (else the update by d)",
+    )
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--switch", default="none", help="none, sgd_first:<epoch> or sgd_last:<epoch>")
-    p.add_argument("--sgd-lr", type=_learning_rate, default=None,
-                   help="learning rate of the SGD phase when switching")  # fmt: skip
+    p.add_argument(
+        "--sgd-lr",
+        type=_learning_rate,
+        default=None,
+        help="learning rate of the SGD phase when switching",
+    )
     p.add_argument("--nes-sigma", type=_positive_float, default=0.01)
     p.add_argument("--out", required=True, type=Path, help="run directory")
     p.add_argument("--data-dir", default=None, help="data root (default: $RBD_DATA_DIR)")
@@ -104,8 +118,12 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--threads", type=_positive_int, default=None)
     p.add_argument("--checkpoint-minutes", type=_positive_float, default=10.0)
     p.add_argument("--divergence-loss", type=_positive_float, default=1e3)
-    p.add_argument("--train-limit", type=_positive_int, default=None,
-                   help="use only the first N training images (smoke tests)")  # fmt: skip
+    p.add_argument(
+        "--train-limit",
+        type=_positive_int,
+        default=None,
+        help="use only the first N training images (smoke tests)",
+    )
     p.set_defaults(func=_cmd_train)
 
 
@@ -115,11 +133,13 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
     from rbd.train import TrainConfig
 
     checks = {
-        "--compartments": (args.compartments,
-                           r"^(none|layer|chunk:[1-9][0-9]*|compression:[0-9]+(\.[0-9]+)?)$"),
+        "--compartments": (
+            args.compartments,
+            r"^(none|layer|chunk:[1-9][0-9]*|compression:[0-9]+(\.[0-9]+)?)$",
+        ),
         "--switch": (args.switch, r"^(none|sgd_first:[1-9][0-9]*|sgd_last:[1-9][0-9]*)$"),
         "--device": (args.device, r"^(auto|cpu|cuda(:[0-9]+)?)$"),
-    }  # fmt: skip
+    }
     for flag, (value, pattern) in checks.items():
         if not re.match(pattern, value):
             parser.error(f"argument {flag}: invalid value {value!r} (expected {pattern})")
@@ -158,8 +178,10 @@ def _cmd_download(args, parser) -> int:
     download = getattr(data, "download_dataset", None)
     if download is None:
         parser.error("this version cannot download data sets")
-    path = download(args.dataset, args.data_dir)
-    print(f"{args.dataset}: ready under {path}")
+    files = download(args.dataset, args.data_dir)
+    print(
+        f"{args.dataset}: {len(files)} files verified under {data.resolve_data_dir(args.data_dir)}"
+    )
     return 0
 
 

@@ -98,8 +98,13 @@ class StepStats:
             if value is None or not math.isfinite(value):
                 continue
             n, total, squares, low, high = self.state.get(name, (0, 0.0, 0.0, math.inf, -math.inf))
-            self.state[name] = (n + 1, total + value, squares + value * value,
-                                min(low, value), max(high, value))  # fmt: skip
+            self.state[name] = (
+                n + 1,
+                total + value,
+                squares + value * value,
+                min(low, value),
+                max(high, value),
+            )
 
     def summary(self, names) -> dict[str, float]:
         row = {}
@@ -107,8 +112,12 @@ class StepStats:
             n, total, squares, low, high = self.state.get(name, (0, 0.0, 0.0, math.nan, math.nan))
             mean = total / n if n else math.nan
             var = max(squares / n - mean * mean, 0.0) if n else math.nan
-            row |= {f"{name}_mean": mean, f"{name}_std": math.sqrt(var),
-                    f"{name}_min": low, f"{name}_max": high}  # fmt: skip
+            row |= {
+                f"{name}_mean": mean,
+                f"{name}_std": math.sqrt(var),
+                f"{name}_min": low,
+                f"{name}_max": high,
+            }
         return row
 
 
@@ -330,9 +339,12 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     }
     if status == STATUS_DONE and data.test_x is not None:
         test_loss, test_acc = evaluate(
-            model, data.test_x.to(device), data.test_y.to(device), cfg.dataset,
+            model,
+            data.test_x.to(device),
+            data.test_y.to(device),
+            cfg.dataset,
             cfg.eval_batch_size,
-        )  # fmt: skip
+        )
         record |= {"test_loss": test_loss, "test_acc": test_acc}
     write_text(out / METRICS, _metrics_csv(rows))
     write_json(out / RUN_JSON, record)
@@ -391,6 +403,13 @@ def _log_epoch(row: dict, epochs: int) -> None:
     log.info(
         "epoch %d/%d  train_loss %.4f  train_acc %.2f  val_loss %.4f  val_acc %.2f"
         "  grad_corr %.4f  %.1f s  %.0f img/s",
-        row["epoch"], epochs, row["train_loss"], row["train_acc"], row["val_loss"],
-        row["val_acc"], row["grad_corr_mean"], row["seconds"], row["images_per_s"],
-    )  # fmt: skip
+        row["epoch"],
+        epochs,
+        row["train_loss"],
+        row["train_acc"],
+        row["val_loss"],
+        row["val_acc"],
+        row["grad_corr_mean"],
+        row["seconds"],
+        row["images_per_s"],
+    )

@@ -17,13 +17,34 @@ from conftest import ROOT, run_rbd
 from rbd.train import TIMING_COLUMNS
 
 SMALL = ["--model", "fc", "--dataset", "mnist5k", "--train-limit", "512", "--threads", "1"]
-REQUIRED_COLUMNS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "grad_corr_mean",
-                    "seconds", "images_per_s"}  # fmt: skip
+REQUIRED_COLUMNS = {
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "grad_corr_mean",
+    "seconds",
+    "images_per_s",
+}
 
 
 def _train(out, *extra, epochs=2, method="rbd", lr="4", dim="250"):
-    args = ["train", "--method", method, "--lr", lr, "--dim", dim, "--epochs", epochs,
-            "--out", out, *SMALL, *extra]  # fmt: skip
+    args = [
+        "train",
+        "--method",
+        method,
+        "--lr",
+        lr,
+        "--dim",
+        dim,
+        "--epochs",
+        epochs,
+        "--out",
+        out,
+        *SMALL,
+        *extra,
+    ]
     return run_rbd(*args, check=True)
 
 
@@ -84,8 +105,22 @@ def test_sigkill_mid_epoch_then_rerun_resumes_to_identical_metrics(tmp_path):
     _train(tmp_path / "whole", *args[2:], epochs=3)
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "rbd", "train", "--method", "rbd", "--lr", "4", "--dim", "250",
-           "--out", str(out), *SMALL, *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "rbd",
+        "train",
+        "--method",
+        "rbd",
+        "--lr",
+        "4",
+        "--dim",
+        "250",
+        "--out",
+        str(out),
+        *SMALL,
+        *args,
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -129,8 +164,9 @@ print("first", flush=True)
 save_torch({str(path)!r}, {{"epoch": 2, "w": torch.zeros(150_000_000)}})
 """
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline().strip() == "first"
         deadline = time.monotonic() + 60

@@ -1,4 +1,5 @@
 # Config validation and the functions that turn config into file lists.
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -15,7 +16,17 @@ try:
 except ConfigError as err:
     raise WorkflowError(f"invalid configuration: {err}") from None
 
-PYTHON = shlex.quote(sys.executable)
+# Jobs run the interpreter that runs Snakemake (the project's venv), or the
+# conda environment's `python` under --software-deployment-method conda.
+_USE_CONDA = "conda" in {
+    str(m).lower().split(".")[-1]
+    for m in workflow.deployment_settings.deployment_method
+}
+PYTHON = "python" if _USE_CONDA else shlex.quote(sys.executable)
+# Shared cluster storage: RBD_DATA_DIR overrides the config's data_dir.
+DATA_DIR = os.environ.get("RBD_DATA_DIR") or config.get("data_dir", "resources/data")
+# Data sets that ship inside a package and need no download step.
+BUNDLED_DATASETS = {"mnist5k"}
 RUNS = experiment_runs(config)
 ALL_RUNS = sorted({spec.key for runs in RUNS.values() for spec in runs})
 TABLE_EXPERIMENTS = [name for name in RUNS if name.startswith("table")]
@@ -34,13 +45,26 @@ def run_files(experiment):
 def train_args(run):
     """`rbd train` flags for a run key, each shell-quoted."""
     operational = [
-        "--data-dir", config.get("data_dir", "resources/data"),
-        "--device", config.get("device", "auto"),
-        "--threads", str(config.get("threads", 1)),
-        "--checkpoint-minutes", str(config.get("checkpoint_minutes", 10)),
-        "--divergence-loss", str(config.get("divergence_loss", 1000)),
-    ]  # fmt: skip
-    return parse_run_key(run).shell_args() + " " + shlex.join(operational)
+        "--data-dir",
+        DATA_DIR,
+        "--device",
+        config.get("device", "auto"),
+        "--threads",
+        str(config.get("threads", 1)),
+        "--checkpoint-minutes",
+        str(config.get("checkpoint_minutes", 10)),
+        "--divergence-loss",
+        str(config.get("divergence_loss", 1000)),
+    ]
+    return f"{parse_run_key(run).shell_args()} {shlex.join(operational)}"
+
+
+def data_ready(run):
+    """The marker of a verified data set the run reads ([] for bundled data)."""
+    dataset = parse_run_key(run).dataset
+    if dataset in BUNDLED_DATASETS:
+        return []
+    return [f"{DATA_DIR}/.rbd/{dataset}.ready"]
 
 
 def all_targets():

@@ -8,8 +8,12 @@ rule aggregate_table:
         csv="results/tables/{experiment}.csv",
     log:
         "logs/tables/{experiment}.aggregate.log",
+    conda:
+        "../../environment.yml"
+    params:
+        python=PYTHON,
     shell:
-        "{PYTHON} -m rbd aggregate --experiment {wildcards.experiment:q} "
+        "{params.python} -m rbd aggregate --experiment {wildcards.experiment:q} "
         "--out {output.csv:q} {input.runs:q} > {log:q} 2>&1"
 
 
@@ -22,6 +26,10 @@ rule render_table:
         tex="figures/{experiment}.tex",
     log:
         "logs/tables/{experiment}.render.log",
+    conda:
+        "../../environment.yml"
+    params:
+        python=PYTHON,
     shell:
-        "{PYTHON} -m rbd render --experiment {wildcards.experiment:q} --csv {input.csv:q} "
+        "{params.python} -m rbd render --experiment {wildcards.experiment:q} --csv {input.csv:q} "
         "--pdf {output.pdf:q} --md {output.md:q} --tex {output.tex:q} > {log:q} 2>&1"

@@ -2,14 +2,19 @@
 
 
 rule train:
+    input:
+        data=lambda wildcards: data_ready(wildcards.run),
     output:
         run="results/runs/{run}/run.json",
         metrics="results/runs/{run}/metrics.csv",
     log:
         "logs/train/{run}.log",
+    conda:
+        "../../environment.yml"
     threads: config.get("threads", 1)
     params:
+        python=PYTHON,
         args=lambda wildcards: train_args(wildcards.run),
         out=lambda wildcards: f"results/runs/{wildcards.run}",
     shell:
-        "{PYTHON} -m rbd train {params.args} --out {params.out:q} > {log:q} 2>&1"
+        "{params.python} -m rbd train {params.args} --out {params.out:q} > {log:q} 2>&1"

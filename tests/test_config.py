@@ -1,0 +1,174 @@
+"""Bad configuration and bad CLI calls fail before any job, naming the key."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import ROOT, run_rbd
+
+from rbd.config import ConfigError, expand_experiment, load_config_files, parse_lr, validate_config
+
+QUICK = yaml.safe_load((ROOT / "config/quick.yaml").read_text())
+PAPER = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+SCHEMA = ROOT / "config/schemas/config.schema.yaml"
+
+
+def _set(config, path, value):
+    node = config
+    *parents, leaf = path
+    for key in parents:
+        node = node[key]
+    if value is _DELETE:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return config
+
+
+_DELETE = object()
+T1 = ("experiments", "table1")
+
+# (what is wrong, where, value, text the message must contain)
+BAD_CONFIGS = [
+    ("unknown method", (*T1, "methods"), ["sgd", "adam"], "experiments.table1.methods.1"),
+    ("unknown model", (*T1, "models"), ["vgg"], "experiments.table1.models.0"),
+    ("unknown dataset", (*T1, "datasets"), ["imagenet"], "experiments.table1.datasets.0"),
+    ("unknown distribution", (*T1, "distributions"), ["cauchy"], "distributions.0"),
+    ("zero dim", (*T1, "dims"), [0], "experiments.table1.dims.0"),
+    ("fractional dim", (*T1, "dims"), [2.5], "experiments.table1.dims.0"),
+    ("dim above D", (*T1, "dims"), [500_000], "experiments.table1.dims"),
+    ("negative rate", ("learning_rates", "rbd", "fc-mnist5k"), -0.1, "learning_rates.rbd"),
+    ("rate text", ("learning_rates", "rbd", "fc-mnist5k"), "fast", "learning_rates.rbd"),
+    ("zero epochs", ("defaults", "epochs"), 0, "defaults.epochs"),
+    ("string epochs", ("defaults", "epochs"), "five", "defaults.epochs"),
+    ("unknown top-level key", ("epochz",), 3, "epochz"),
+    ("unknown experiment key", (*T1, "model"), ["fc"], "experiments.table1"),
+    ("missing rate", ("learning_rates", "rbd", "fc-mnist5k"), _DELETE, "learning_rates.rbd"),
+    ("bad compartments", (*T1, "compartments"), ["blocks"], "compartments.0"),
+    ("switch after the end", (*T1, "switches"), ["sgd_first:9"], "switches"),
+    ("bad device", ("device",), "tpu", "device"),
+    ("no seeds", ("defaults", "seeds"), [], "defaults.seeds"),
+]
+
+
+@pytest.mark.parametrize("what,path,value,named", BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
+def test_bad_config_is_rejected_naming_the_key(what, path, value, named):
+    config = _set(copy.deepcopy(QUICK), path, value)
+    with pytest.raises(ConfigError) as err:
+        validate_config(config, SCHEMA)
+    assert named in str(err.value), str(err.value)
+
+
+def test_enum_errors_list_the_allowed_values():
+    config = _set(copy.deepcopy(QUICK), (*T1, "methods"), ["adam"])
+    with pytest.raises(ConfigError, match="sgd, rbd, fpd, nes"):
+        validate_config(config, SCHEMA)
+
+
+@pytest.mark.parametrize("config", [QUICK, PAPER], ids=["quick", "paper"])
+def test_shipped_presets_are_valid(config):
+    validate_config(config, SCHEMA)
+
+
+def test_learning_rates_accept_the_papers_notation():
+    assert parse_lr("2^-5") == 2**-5
+    assert parse_lr(0.5) == 0.5
+    with pytest.raises(ConfigError):
+        parse_lr("2**-5")
+
+
+def test_paper_table1_grid_is_six_pairs_times_four_methods_times_three_seeds():
+    runs = expand_experiment(PAPER, "table1")
+    assert len(runs) == 6 * 4 * 3
+    assert {(r.model, r.dataset) for r in runs} == {
+        (m, d) for m in ("fc", "cnn") for d in ("mnist", "fashion_mnist", "cifar10")
+    }
+    rbd = next(r for r in runs if (r.method, r.model, r.dataset) == ("rbd", "fc", "mnist"))
+    assert rbd.lr == 2**-5 and rbd.dim == 250 and rbd.epochs == 100
+
+
+def test_a_preset_configfile_replaces_instead_of_merging(tmp_path):
+    override = tmp_path / "more.yaml"
+    override.write_text("defaults: {epochs: 2, seeds: [0]}\n")
+    merged = load_config_files([ROOT / "config/config.yaml", ROOT / "config/quick.yaml", override])
+    assert set(merged["experiments"]) == set(QUICK["experiments"])
+    assert merged["defaults"]["epochs"] == 2 and merged["defaults"]["batch_size"] == 32
+
+
+# (flag arguments, text that the error must contain)
+BAD_CALLS = [
+    (["--method", "adam"], "--method"),
+    (["--model", "vgg"], "--model"),
+    (["--dataset", "imagenet"], "--dataset"),
+    (["--distribution", "cauchy"], "--distribution"),
+    (["--dim", "0"], "--dim"),
+    (["--dim", "2.5"], "--dim"),
+    (["--lr", "-1"], "--lr"),
+    (["--lr", "fast"], "--lr"),
+    (["--epochs", "0"], "--epochs"),
+    (["--compartments", "blocks"], "--compartments"),
+    (["--switch", "sgd_first:5"], "--switch"),
+    (["--batch-size", "-3"], "--batch-size"),
+    (["--device", "tpu"], "--device"),
+    (["--nes-sigma", "0"], "--nes-sigma"),
+]
+GOOD = {
+    "--method": "rbd",
+    "--model": "fc",
+    "--dataset": "mnist5k",
+    "--lr": "1",
+    "--dim": "10",
+    "--epochs": "2",
+}
+
+
+@pytest.mark.parametrize("bad,named", BAD_CALLS, ids=[" ".join(b) for b, _ in BAD_CALLS])
+def test_bad_cli_call_is_rejected_naming_the_flag(tmp_path, bad, named):
+    flags = dict(GOOD)
+    flags.update(dict(zip(bad[::2], bad[1::2], strict=True)))
+    out = tmp_path / "results" / "run"
+    args = [x for pair in flags.items() for x in pair]
+    proc = run_rbd("train", *args, "--out", out)
+    assert proc.returncode == 2
+    assert named in proc.stderr, proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_dim_larger_than_the_model_fails_before_training(tmp_path):
+    proc = run_rbd(
+        "train", *[x for p in GOOD.items() for x in p], "--dim", "200000", "--out", tmp_path / "run"
+    )
+    assert proc.returncode != 0
+    assert "dim=200000 exceeds" in proc.stderr
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_workflow_with_a_bad_config_starts_no_job(tmp_path):
+    bad = copy.deepcopy(QUICK)
+    bad["experiments"]["table1"]["methods"] = ["sgd", "adam"]
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump(bad))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--cores",
+            "1",
+            "--snakefile",
+            ROOT / "Snakefile",
+            "--directory",
+            tmp_path,
+            f"--configfile={config}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "experiments.table1.methods.1" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()

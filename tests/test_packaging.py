@@ -1,0 +1,46 @@
+"""Packaging: conda and pip name the same dependencies; schema enums match the package."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+import yaml
+from conftest import ROOT
+
+
+def _split(requirement: str) -> tuple[str, str]:
+    match = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*(.*)$", requirement)
+    return match[1].lower().replace("_", "-"), match[2].replace(" ", "")
+
+
+def test_environment_yml_names_the_pyproject_dependencies():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    wanted = dict(_split(r) for r in pyproject["project"]["dependencies"])
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda, pip = [], []
+    for dep in env["dependencies"]:
+        (pip.extend(dep["pip"]) if isinstance(dep, dict) else conda.append(dep))
+    listed = dict(_split(d) for d in conda + pip if not d.startswith("-e"))
+    listed.pop("python"), listed.pop("pip")
+    assert listed == wanted
+    assert any(d.startswith("-e .") for d in pip), "the conda env must install rbd itself"
+
+
+def test_schema_enums_match_the_package():
+    from rbd.data import DATASETS
+    from rbd.models import MODELS
+    from rbd.optim import METHODS
+    from rbd.projection import DISTRIBUTIONS
+
+    defs = yaml.safe_load((ROOT / "config/schemas/config.schema.yaml").read_text())["$defs"]
+    assert set(defs["model"]["enum"]) == set(MODELS)
+    assert set(defs["dataset"]["enum"]) == set(DATASETS)
+    assert set(defs["method"]["enum"]) == set(METHODS)
+    assert set(defs["distribution"]["enum"]) == set(DISTRIBUTIONS)
+
+
+def test_project_has_a_licence_and_a_citation():
+    assert "MIT License" in (ROOT / "LICENSE").read_text()
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert citation["preferred-citation"]["title"].startswith("Improving Neural Network Training")

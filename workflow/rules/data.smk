@@ -1,0 +1,23 @@
+# Data sets are fetched once, on the machine that runs Snakemake (a cluster's
+# login node has internet, its compute nodes often do not); training jobs only read.
+
+
+localrules:
+    download_data,
+
+
+rule download_data:
+    output:
+        ready=f"{DATA_DIR}/.rbd/{{dataset}}.ready",
+    log:
+        "logs/download/{dataset}.log",
+    conda:
+        "../../environment.yml"
+    params:
+        python=PYTHON,
+        data_dir=lambda wildcards, output: os.path.dirname(
+            os.path.dirname(output.ready)
+        ),
+    shell:
+        "{params.python} -m rbd download --dataset {wildcards.dataset:q} "
+        "--data-dir {params.data_dir:q} > {log:q} 2>&1 && touch {output.ready:q}"
