@@ -114,10 +114,13 @@ class _RandomBases(torch.optim.Optimizer):
         compartments: str = "none",
         worker: int = 0,
         chunk_size: int | None = None,
+        workers: int | None = None,
     ):
         _validate(lr, dim, distribution, seed, worker)
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"Invalid chunk_size: {chunk_size}")
+        if workers is not None and workers < 1:
+            raise ValueError(f"Invalid workers: {workers}")
         defaults = dict(lr=lr, step=0)
         super().__init__(params, defaults)
         self.dim = dim
@@ -127,6 +130,7 @@ class _RandomBases(torch.optim.Optimizer):
         self.compartments_spec = compartments
         self.worker = worker
         self.chunk_size = chunk_size
+        self.workers = workers
         self.compartments: list[Compartment] = []
         for gi, group in enumerate(self.param_groups):
             sizes = [p.numel() for p in group["params"]]
@@ -162,6 +166,7 @@ class _RandomBases(torch.optim.Optimizer):
             self.distribution,
             normalize=self.normalize,
             chunk_size=self.chunk_size,
+            workers=self.workers,
         )
 
     def _record(self, coords: torch.Tensor, compartment: Compartment, lr: float) -> None:
@@ -230,6 +235,7 @@ class RBD(_RandomBases):
         compartments: ``"none"``, ``"layer"``, ``"chunk:<n>"`` or ``"compression:<f>"``.
         worker: worker id mixed into the seeds (distributed RBD).
         chunk_size: directions generated at once (default: what fits in L2).
+        workers: threads generating directions (default: torch's thread count).
 
     After each step, ``stats`` holds ``grad_corr`` (cosine between the applied
     update and the minibatch gradient), ``coord_mean`` and ``coord_std``.
@@ -338,7 +344,6 @@ class NES(torch.optim.Optimizer):
         normalize: bool = False,
         compartments: str = "none",
         worker: int = 0,
-        chunk_size: int | None = None,
     ):
         _validate(lr, dim, distribution, seed, worker)
         if not sigma > 0.0:
@@ -355,7 +360,6 @@ class NES(torch.optim.Optimizer):
         self.antithetic = bool(antithetic)
         self.normalize = bool(normalize)
         self.worker = worker
-        self.chunk_size = chunk_size
         self.stats: dict[str, float] = {}
 
     @property
@@ -449,8 +453,8 @@ def build_optimizer(
 
     ``"sgd"`` is ``torch.optim.SGD(params, lr=lr)`` (no momentum; dim,
     distribution, seed and compartments are ignored). Other options
-    (``normalize``, ``worker``, ``chunk_size``; FPD ``cache``; NES ``sigma``,
-    ``antithetic``) go to the class.
+    (``normalize``, ``worker``; RBD/FPD ``chunk_size``, ``workers``; FPD
+    ``cache``; NES ``sigma``, ``antithetic``) go to the class.
     """
     if method == "sgd":
         return torch.optim.SGD(params, lr=lr)

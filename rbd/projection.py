@@ -4,119 +4,141 @@ A direction is a pure function of a 63-bit seed, itself a pure function of
 (run seed, step, compartment, worker, direction index). Each direction gets
 its own freshly seeded generator, so a direction does not depend on how many
 directions are drawn together (the chunk size), on thread count, or on which
-worker draws it. The only random primitive used is ``Tensor.random_`` on
-integer tensors, whose bits do not depend on the CPU's vector instruction set
-(``torch.randn`` does); Gaussians are built from those bits by Box-Muller.
+worker draws it. The only random primitive is ``Tensor.random_`` on int64
+tensors (full 64-bit range), whose bits do not depend on the CPU's vector
+instruction set (``torch.randn``'s do); every distribution is built from
+those bits with exact integer and float operations.
+
+Layout of one direction of length D: a row of W = 64 * ceil(D / 64) values
+of which the first D are used.
+
+- gaussian: W / 2 int64 draws, seen as W int32 words; word j < W/2 gives the
+  radius and word W/2 + j the angle of one Box-Muller pair, whose cosine
+  value lands at j and sine value at W/2 + j. Uniforms carry 23 random bits,
+  so |z| < 5.64 (the tail beyond has mass 2e-8).
+- uniform: W / 2 int64 draws, one 32-bit word (23 bits used) per value.
+- rademacher, bernoulli-official: W / 64 int64 draws, one bit per value
+  (bit t of int32 word k gives value 32 k + t).
 """
 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 DISTRIBUTIONS = ("gaussian", "uniform", "rademacher", "bernoulli-official")
 
-# Chunks of directions sized to stay in a core's L2 cache (2 MiB here) while
-# being generated, projected and accumulated.
+# Bytes of directions generated at once per worker: small enough that a
+# chunk stays in one core's L2 cache (2 MiB here) between being generated
+# and being used for c = Phi g and Phi^T c.
 L2_BYTES = 1 << 20
 
 _MASK64 = (1 << 64) - 1
 _INT64_MIN = -(1 << 63)
+_INT32_MIN = -(1 << 31)
 _MANTISSA = 0x007FFFFF
-_ONE_BITS = 0x3F800000  # the float32 bit pattern of 1.0
+_ONE = 0x3F800000  # float32 bit pattern of 1.0
 
 
 def _splitmix64(x: int) -> int:
-    """One round of the splitmix64 finaliser: a bijection on 64-bit ints."""
+    """The splitmix64 step and finaliser: a bijection on 64-bit ints."""
     x = (x + 0x9E3779B97F4A7C15) & _MASK64
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
     return x ^ (x >> 31)
 
 
+def _mix(parts) -> int:
+    h = 0
+    for part in parts:
+        h = _splitmix64(h ^ (int(part) & _MASK64))
+    return h
+
+
 def direction_seed(seed: int, step: int, compartment: int, worker: int, index: int) -> int:
     """The 63-bit seed of one direction, a pure function of its arguments.
 
     Each argument is folded in through a splitmix64 round, so seeds of
-    neighbouring (step, index, ...) tuples are unrelated.
+    neighbouring tuples are unrelated.
     """
-    h = 0
-    for part in (seed, step, compartment, worker, index):
-        h = _splitmix64(h ^ (int(part) & _MASK64))
-    return h >> 1
+    return _mix((seed, step, compartment, worker, index)) >> 1
 
 
 def step_seeds(seed: int, step: int, compartment: int, worker: int, dim: int) -> list[int]:
-    """Seeds of the ``dim`` directions of one compartment at one step."""
-    prefix = 0
-    for part in (seed, step, compartment, worker):
-        prefix = _splitmix64(prefix ^ (int(part) & _MASK64))
+    """``[direction_seed(seed, step, compartment, worker, i) for i in range(dim)]``, faster."""
+    prefix = _mix((seed, step, compartment, worker))
     return [_splitmix64(prefix ^ i) >> 1 for i in range(dim)]
 
 
-def _generator(device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device)
+def row_width(size: int) -> int:
+    """W: the padded length in which a direction of length ``size`` is drawn."""
+    return 64 * ((size + 63) // 64)
 
 
-def _draw_row(
-    out: torch.Tensor, seed: int, distribution: str, gen: torch.Generator, words: torch.Tensor
-) -> None:
-    """Fill the 1-D float tensor ``out`` with raw draws from ``seed``.
+class _Scratch:
+    """A worker's chunk buffer: ``rows`` float32 [k, W], half-width temp, bits."""
 
-    ``words`` is an int64 scratch buffer of at least ``ceil(len(out) / 2)``
-    entries (gaussian/uniform) or ``ceil(len(out) / 64)`` (sign bits).
-    """
-    size = out.numel()
-    gen.manual_seed(seed)
+    def __init__(self, rows: int, width: int, device: torch.device):
+        self.block = torch.empty(rows, width, dtype=torch.float32, device=device)
+        self.temp = torch.empty(rows, width // 2, dtype=torch.float32, device=device)
+        self.bits = torch.empty(rows, width // 64, dtype=torch.int64, device=device)
+        self.generator = torch.Generator(device=device)
+        self.shifts = torch.arange(31, -1, -1, dtype=torch.int32, device=device)
+        self.two = torch.tensor(2.0, device=device)
+
+
+def _fill(scratch: _Scratch, seeds, distribution: str) -> torch.Tensor:
+    """Draw ``len(seeds)`` raw directions into the scratch block; returns [k, W]."""
+    k = len(seeds)
+    block = scratch.block[:k]
+    width = block.shape[1]
+    gen = scratch.generator
     if distribution in ("gaussian", "uniform"):
-        half = (size + 1) // 2
-        w = words[:half].random_(_INT64_MIN, None, generator=gen)
-        # Two 32-bit words per int64; 23 mantissa bits each give a float in
+        words = block.view(torch.int64)
+        for i, s in enumerate(seeds):
+            gen.manual_seed(int(s))
+            words[i].random_(_INT64_MIN, None, generator=gen)
+        # 23 random mantissa bits under the exponent of 1.0: a float in
         # [1, 2) without an integer-to-float conversion.
-        u = w.view(torch.int32).bitwise_and_(_MANTISSA).bitwise_or_(_ONE_BITS)
-        u = u.view(torch.float32)
+        block.view(torch.int32).bitwise_and_(_MANTISSA).bitwise_or_(_ONE)
         if distribution == "uniform":
-            torch.sub(u[:size].mul_(2.0), 3.0, out=out.view(-1))
-            return
-        # Box-Muller on the first half (radius) and second half (angle) of
-        # the words; 2 - u lies in (0, 1], so the log is finite.
-        radius = torch.rsub(u[:half], 2.0).log_().mul_(-2.0).sqrt_()
-        angle = u[half:].mul(2.0 * math.pi)
-        torch.mul(radius, torch.cos(angle), out=out[:half])
-        if size > half:
-            torch.mul(radius[: size - half], torch.sin(angle[: size - half]), out=out[half:])
-        return
+            return block.mul_(2.0).sub_(3.0)
+        half = width // 2
+        radius, angle = block[:, :half], block[:, half:]
+        # 2 - u lies in (0, 1], so the log is finite and <= 0.
+        torch.sub(scratch.two, radius, out=radius)
+        radius.log_().mul_(-2.0).sqrt_()
+        angle.mul_(2.0 * math.pi)
+        cosine = torch.cos(angle, out=scratch.temp[:k])
+        angle.sin_().mul_(radius)
+        radius.mul_(cosine)
+        return block
     if distribution in ("rademacher", "bernoulli-official"):
-        nwords = (size + 63) // 64
-        w = words[:nwords].random_(_INT64_MIN, None, generator=gen)
-        table = _sign_table(distribution, out.device, out.dtype)
-        idx = w.view(torch.uint8).long()
-        signs = table.index_select(0, idx).view(-1)
-        out.copy_(signs[:size])
-        return
+        bits = scratch.bits[:k]
+        for i, s in enumerate(seeds):
+            gen.manual_seed(int(s))
+            bits[i].random_(_INT64_MIN, None, generator=gen)
+        # Move bit t of each int32 word to the sign bit of value t, then put
+        # the exponent of 1.0 under it: +-1.0 with no float arithmetic.
+        words = bits.view(torch.int32).unsqueeze(-1)
+        out = block.view(torch.int32).view(k, width // 32, 32)
+        torch.bitwise_left_shift(words, scratch.shifts, out=out)
+        out.bitwise_and_(_INT32_MIN).bitwise_or_(_ONE)
+        if distribution == "bernoulli-official":
+            block.sub_(0.5)  # +1 -> +0.5, -1 -> -1.5
+        return block
     raise ValueError(f"unknown distribution {distribution!r}; choose one of {DISTRIBUTIONS}")
 
 
-_TABLES: dict[tuple[str, str, torch.dtype], torch.Tensor] = {}
-
-
-def _sign_table(distribution: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """256 x 8 table: row b holds the values of the 8 bits of byte b (LSB first).
-
-    A set bit maps to -1 (rademacher) or -1.5 (bernoulli-official); a clear
-    bit to +1 or +0.5.
-    """
-    key = (distribution, str(device), dtype)
-    if key not in _TABLES:
-        hi, lo = (1.0, -1.0) if distribution == "rademacher" else (0.5, -1.5)
-        bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
-        _TABLES[key] = torch.where(bits.bool(), lo, hi).to(device=device, dtype=dtype)
-    return _TABLES[key]
+def _check(distribution: str) -> None:
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"unknown distribution {distribution!r}; choose one of {DISTRIBUTIONS}")
 
 
 def generate_directions(
-    seeds: list[int] | tuple[int, ...],
+    seeds,
     size: int,
     distribution: str,
     *,
@@ -126,67 +148,90 @@ def generate_directions(
     """Raw, unscaled directions, one row per seed: ``Tensor[len(seeds), size]``.
 
     Row i is a pure function of ``seeds[i]``, ``size``, the distribution and
-    the device type: the same bits whatever else is drawn with it.
-    Gaussian: N(0, 1); uniform: U[-1, 1); rademacher: +-1 with p = 1/2;
-    bernoulli-official: +0.5 / -1.5 with p = 1/2 (mean -0.5, variance 1).
+    the device type: bit for bit the same whatever else is drawn with it and
+    whatever the thread count. Gaussian: N(0, 1); uniform: U[-1, 1);
+    rademacher: +-1 with p = 1/2; bernoulli-official: +0.5 / -1.5 with
+    p = 1/2 (mean -0.5, variance 1, the authors' "bernoulli").
     """
-    if distribution not in DISTRIBUTIONS:
-        raise ValueError(f"unknown distribution {distribution!r}; choose one of {DISTRIBUTIONS}")
+    _check(distribution)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    out = torch.empty(len(seeds), size, device=device, dtype=torch.float32)
-    gen = _generator(device)
-    words = torch.empty((size + 1) // 2, dtype=torch.int64, device=device)
-    for i, s in enumerate(seeds):
-        _draw_row(out[i], int(s), distribution, gen, words)
-    return out.to(dtype)
+    scratch = _Scratch(len(seeds), row_width(size), device)
+    return _fill(scratch, list(seeds), distribution)[:, :size].to(dtype=dtype, copy=True)
 
 
 def default_chunk_size(size: int) -> int:
     """Directions per chunk so that one chunk of float32 rows fits ``L2_BYTES``."""
-    return max(1, L2_BYTES // (4 * max(size, 1)))
+    return max(1, L2_BYTES // (4 * row_width(max(size, 1))))
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="rbd-projection")
+    return _POOLS[workers]
 
 
 def project(
     grad: torch.Tensor,
-    seeds: list[int] | tuple[int, ...],
+    seeds,
     distribution: str,
     *,
     normalize: bool = True,
     chunk_size: int | None = None,
+    workers: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Coordinates ``c = Phi g`` and update ``Phi^T c`` in one chunked pass.
 
-    ``grad`` is a 1-D tensor of length D; ``Phi`` has one row per seed. With
-    ``normalize=True`` row i is ``raw_i / sqrt(D)``; otherwise it is raw and
-    the update is divided by d = len(seeds). Returns ``(coords[d],
-    update[D])`` in ``grad``'s dtype and device. Never holds more than
-    ``chunk_size`` rows of Phi. The directions do not depend on
-    ``chunk_size``; the sums may differ by float rounding.
+    ``grad`` is a 1-D tensor of length D; Phi has one row per seed (the rows
+    of :func:`generate_directions`). With ``normalize=True`` row i is
+    ``raw_i / sqrt(D)``; otherwise it is raw and the update is divided by
+    d = len(seeds). Returns ``(coords[d], update[D])`` in ``grad``'s dtype
+    and device. Each worker holds one chunk of ``chunk_size`` rows (default:
+    what fits in ``L2_BYTES``), never d x D. Chunk j goes to worker
+    ``j % workers`` (default: ``torch.get_num_threads()`` on CPU, 1 on other
+    devices); for fixed chunk size and workers the result is bit for bit
+    reproducible, and other choices change it only by float rounding.
     """
+    _check(distribution)
     if grad.dim() != 1:
         raise ValueError(f"grad must be 1-D, got shape {tuple(grad.shape)}")
-    size = grad.numel()
-    dim = len(seeds)
-    chunk = chunk_size or default_chunk_size(size)
-    if chunk < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    size, dim = grad.numel(), len(seeds)
     device = grad.device
-    g32 = grad.detach().to(torch.float32)
-    coords = torch.empty(dim, dtype=torch.float32, device=device)
-    update = torch.zeros(size, dtype=torch.float32, device=device)
-    block = torch.empty(min(chunk, dim), size, dtype=torch.float32, device=device)
-    words = torch.empty((size + 1) // 2, dtype=torch.int64, device=device)
-    gen = _generator(device)
+    g = grad.detach().to(torch.float32)
+    chunk = chunk_size or default_chunk_size(size)
+    starts = list(range(0, dim, chunk))
+    if workers is None:
+        workers = torch.get_num_threads() if device.type == "cpu" else 1
+    workers = max(1, min(workers, len(starts)))
     scale = 1.0 / math.sqrt(size) if normalize else 1.0
-    for start in range(0, dim, chunk):
-        stop = min(start + chunk, dim)
-        rows = block[: stop - start]
-        for j in range(start, stop):
-            _draw_row(rows[j - start], int(seeds[j]), distribution, gen, words)
-        c = torch.mv(rows, g32).mul_(scale)
-        coords[start:stop] = c
-        # Apply this chunk's share of Phi^T c while the rows are in cache.
-        update.addmv_(rows.t(), c, alpha=scale)
+    coords = torch.empty(dim, dtype=torch.float32, device=device)
+    seeds = list(seeds)
+
+    def run(worker: int) -> torch.Tensor:
+        scratch = _Scratch(min(chunk, dim), row_width(size), device)
+        update = torch.zeros(size, dtype=torch.float32, device=device)
+        for start in starts[worker::workers]:
+            stop = min(start + chunk, dim)
+            rows = _fill(scratch, seeds[start:stop], distribution)[:, :size]
+            c = torch.mv(rows, g).mul_(scale)
+            coords[start:stop] = c
+            # This chunk's share of Phi^T c, while its rows are in cache.
+            update.addmv_(rows.t(), c, alpha=scale)
+        return update
+
+    if workers == 1 or dim == 0:
+        update = run(0) if dim else torch.zeros(size, dtype=torch.float32, device=device)
+    else:
+        # Torch releases the GIL inside ops, so the workers' generators run
+        # in parallel; partial updates are summed in worker order.
+        parts = list(_pool(workers).map(run, range(workers)))
+        update = parts[0]
+        for part in parts[1:]:
+            update.add_(part)
     if not normalize and dim > 0:
         update.div_(dim)
     return coords.to(grad.dtype), update.to(grad.dtype)
