@@ -142,3 +142,172 @@ def test_hyperparameters_are_validated():
     with pytest.raises(ValueError, match="method"):
         build_optimizer("adam", params(), lr=0.1, dim=3)
     assert isinstance(FPD(params()), torch.optim.Optimizer)
+
+
+def unflatten(model, flat):
+    out, offset = {}, 0
+    for name, p in model.named_parameters():
+        out[name] = flat[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return out
+
+
+@pytest.mark.parametrize("compartments", ["none", "layer"])
+def test_fpd_equals_autograd_on_coordinates(compartments):
+    """FPD against training c in theta = theta_0 + Phi^T c by autograd."""
+    model = small_model()
+    x, y = batch()
+    sizes = [p.numel() for p in model.parameters()]
+    dim, lr, seed = 5, 0.5, 8
+    theta0 = flat_params(model).double()
+    # Block-diagonal Phi (d_total x D) built row by row from the seeds.
+    blocks = [(0, sum(sizes))] if compartments == "none" else []
+    if compartments == "layer":
+        offset = 0
+        for n in sizes:
+            blocks.append((offset, offset + n))
+            offset += n
+    phi = torch.zeros(dim * len(blocks), sum(sizes), dtype=torch.float64)
+    for k, (a, b) in enumerate(blocks):
+        phi[k * dim : (k + 1) * dim, a:b] = dense_phi(seed, 0, k, dim, b - a) / math.sqrt(b - a)
+    c = torch.zeros(phi.shape[0], dtype=torch.float64, requires_grad=True)
+
+    opt = FPD(model.parameters(), lr=lr, dim=dim, seed=seed, compartments=compartments)
+    reference = copy.deepcopy(model).double()
+    for _ in range(3):
+        theta = theta0 + phi.t() @ c
+        loss = loss_of_params(reference, unflatten(reference, theta), x.double(), y)
+        (grad_c,) = torch.autograd.grad(loss, c)
+        with torch.no_grad():
+            c -= lr * grad_c
+        opt.zero_grad()
+        loss_of(model, x, y).backward()
+        opt.step()
+    expected = (theta0 + phi.t() @ c).detach()
+    got = flat_params(model).double()
+    assert float((got - expected).norm() / (expected - theta0).norm()) < 1e-5
+    coords = torch.cat(opt.coordinates).double()
+    assert float((coords - c.detach()).norm() / c.detach().norm()) < 1e-5
+
+
+def loss_of_params(model, params, x, y):
+    return nn.functional.cross_entropy(torch.func.functional_call(model, params, (x,)), y)
+
+
+def test_fpd_cache_gives_the_same_steps():
+    results = []
+    for cache in (False, True):
+        model = small_model()
+        opt = FPD(model.parameters(), lr=0.2, dim=6, seed=1, cache=cache)
+        run_steps(opt, model, 3)
+        results.append(flat_params(model))
+    assert float((results[0] - results[1]).norm() / results[0].norm()) < 1e-6
+
+
+class Quadratic(nn.Module):
+    """L(theta) = 0.5 (theta - t)^T diag(s) (theta - t)."""
+
+    def __init__(self, size=40):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.theta = nn.Parameter(torch.zeros(size))
+        self.target = torch.randn(size, generator=gen)
+        self.scales = torch.rand(size, generator=gen) + 0.5
+
+    def forward(self):
+        return 0.5 * (self.scales * (self.theta - self.target) ** 2).sum()
+
+
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_nes_lowers_a_quadratic_and_correlates_with_the_gradient(antithetic):
+    quad = Quadratic()
+    opt = NES(quad.parameters(), lr=0.05, dim=40, seed=2, sigma=0.01, antithetic=antithetic)
+    start = float(quad().detach())
+    cosines = []
+    for _ in range(40):
+        before = quad.theta.detach().clone()
+        opt.zero_grad()
+        quad().backward()
+        true_grad = quad.theta.grad.clone()
+        opt.step(quad)
+        step = before - quad.theta.detach()
+        cosines.append(float(torch.dot(step, true_grad) / (step.norm() * true_grad.norm())))
+        assert opt.stats["grad_corr"] == pytest.approx(cosines[-1], abs=1e-6)
+    assert float(quad().detach()) < 0.5 * start
+    assert sum(cosines) / len(cosines) > 0.2
+
+
+def test_nes_without_gradients_reports_nan_correlation():
+    quad = Quadratic()
+    opt = NES(quad.parameters(), lr=0.05, dim=8, seed=2)
+    opt.step(quad)
+    assert math.isnan(opt.stats["grad_corr"])
+    assert opt.stats["coord_mean"] == pytest.approx(0.0, abs=1e-12)
+
+
+def fc_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+def test_gaussian_correlation_matches_theory():
+    model = fc_model()
+    size = sum(p.numel() for p in model.parameters())
+    assert size == 101_770
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.rand(32, 1, 28, 28, generator=gen), torch.randint(0, 10, (32,), generator=gen)
+    opt = RBD(model.parameters(), lr=1.0, dim=250, seed=0)
+    before = flat_params(model)
+    loss_of(model, x, y).backward()
+    g = flat_grad(model)
+    opt.step()
+    step = before - flat_params(model)
+    cos = float(torch.dot(step.double(), g.double()) / (step.double().norm() * g.double().norm()))
+    theory = math.sqrt(250 / (size + 250 + 1))
+    assert abs(cos / theory - 1) < 0.1
+    assert opt.stats["grad_corr"] == pytest.approx(cos, rel=1e-3)
+
+
+def test_seeds_give_independent_bases():
+    size, dim = 5000, 20
+    a = dense_phi(0, 0, 0, dim, size)
+    same = dense_phi(0, 0, 0, dim, size)
+    assert torch.equal(a, same)
+    for other in [
+        dense_phi(1, 0, 0, dim, size),
+        dense_phi(0, 1, 0, dim, size),
+        dense_phi(0, 0, 1, dim, size),
+        dense_phi(0, 0, 0, dim, size, worker=1),
+    ]:
+        cross = (a / a.norm(dim=1, keepdim=True)) @ (other / other.norm(dim=1, keepdim=True)).t()
+        # Independent unit vectors in R^5000: cosines ~ N(0, 1/5000).
+        assert float(cross.abs().max()) < 6 / math.sqrt(size)
+        assert abs(float(cross.mean())) < 6 / math.sqrt(size * dim * dim)
+    models = [small_model(), small_model(), small_model()]
+    opts = [
+        RBD(m.parameters(), lr=0.1, dim=4, seed=s) for m, s in zip(models, (5, 5, 6), strict=True)
+    ]
+    for m, o in zip(models, opts, strict=True):
+        run_steps(o, m, 1)
+    assert torch.equal(flat_params(models[0]), flat_params(models[1]))
+    assert not torch.equal(flat_params(models[0]), flat_params(models[2]))
+
+
+def test_compression_and_coordinate_count():
+    model = fc_model()
+    opt = RBD(model.parameters(), lr=0.1, dim=250, compartments="compression:10")
+    # Tensors of 100352, 128, 1280 and 10 weights.
+    assert [c.dim for c in opt.compartments] == [10036, 13, 128, 10]
+    assert opt.num_coordinates == 10187
+    assert opt.compression == pytest.approx(101_770 / 10187)
+    opt = RBD(model.parameters(), lr=0.1, dim=250, compartments="layer")
+    assert opt.num_coordinates == 1000 and opt.num_params == 101_770
+
+
+def test_stats_are_floats():
+    model = small_model()
+    opt = RBD(model.parameters(), lr=0.1, dim=4, compartments="chunk:50")
+    run_steps(opt, model, 1)
+    assert all(isinstance(v, float) for v in opt.stats.values())
+    assert -1 <= opt.stats["grad_corr"] <= 1
+    assert opt.stats["coord_std"] > 0
