@@ -1,11 +1,14 @@
 # rbd: regenerate the tables and figures of Gressmann et al. (NeurIPS 2020).
 #   snakemake --cores 8 figures/table1.pdf                              (paper preset)
-#   snakemake --cores 2 --configfile config/quick.yaml figures/table1.pdf  (CPU preset)
+#   snakemake --cores 2 --configfile=config/quick.yaml figures/table1.pdf  (CPU preset)
 import os
+import time
 
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+WORKFLOW_START = time.time()
 
 
 # A --configfile that names a preset replaces the paper preset instead of being
@@ -38,6 +41,13 @@ onsuccess:
 
 
 onerror:
+    from rbd.logs import failed_job_logs
+
+    failed = failed_job_logs("logs", since=WORKFLOW_START)
     print(
-        "rbd: a job failed; its log is under logs/ (see the 'log:' line of the failing rule above)"
+        "rbd: a job failed. Its log:"
+        if failed
+        else "rbd: a job failed; see the rule's log: above"
     )
+    for path in failed[:5]:
+        print(f"    {path}")

@@ -84,7 +84,13 @@ def phases(cfg: TrainConfig) -> list[Phase]:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device {name!r} was requested but CUDA is not available here; "
+            "use device 'auto' or 'cpu'"
+        )
+    return device
 
 
 class StepStats:

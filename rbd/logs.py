@@ -1,0 +1,23 @@
+"""Finding the logs of the jobs that failed, so the workflow's error message can point at them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FAILURE_MARKERS = ("Traceback (most recent call last)", "Error:", "error:")
+
+
+def failed_job_logs(log_dir: str | Path = "logs", since: float = 0.0) -> list[Path]:
+    """Job logs written after `since` (a time.time() value) that record an error, newest first."""
+    root = Path(log_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.rglob("*.log"):
+        stat = path.stat()
+        if stat.st_mtime < since:
+            continue
+        text = path.read_text(errors="replace")
+        if any(marker in text for marker in FAILURE_MARKERS):
+            found.append((stat.st_mtime, path))
+    return [path for _, path in sorted(found, reverse=True)]

@@ -1,0 +1,69 @@
+"""Failures in the workflow: a diverged run is marked in the table; a failing job names its log."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import yaml
+from conftest import ROOT
+
+
+def test_diverged_run_is_marked_in_the_built_table(tmp_path):
+    config = yaml.safe_load((ROOT / "config/quick.yaml").read_text())
+    config["preset"] = "divergence-test"
+    config["defaults"] |= {"epochs": 1, "seeds": [0]}
+    config["learning_rates"]["rbd"]["fc-mnist5k"] = 1.0e12
+    config["experiments"] = {
+        "table1": {
+            "models": ["fc"],
+            "datasets": ["mnist5k"],
+            "methods": ["sgd", "rbd"],
+            "dims": [10],
+        }
+    }
+    path = tmp_path / "diverge.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", ROOT / "Snakefile", "--cores", "2",
+         "--directory", tmp_path, f"--configfile={path}", "figures/table1.md"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    records = [json.loads(p.read_text()) for p in (tmp_path / "results/runs").rglob("run.json")]
+    assert sorted(r["status"] for r in records) == ["diverged", "done"]
+    lines = [
+        line for line in (tmp_path / "figures/table1.md").read_text().splitlines() if "|" in line
+    ]
+    header, row = lines[0].split("|"), lines[-1].split("|")
+    cells = {name.strip(): cell.strip() for name, cell in zip(header, row, strict=True)}
+    assert cells["RBD"] == "diverged"
+    assert cells["SGD"].split()[0].replace(".", "").isdigit()
+
+
+def test_failing_job_is_reported_with_its_log(tmp_path):
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA to make the job fail")
+    config = yaml.safe_load((ROOT / "config/quick.yaml").read_text())
+    config |= {"preset": "failure-test", "device": "cuda"}
+    config["defaults"] |= {"epochs": 1, "seeds": [0]}
+    config["experiments"] = {
+        "table1": {"models": ["fc"], "datasets": ["mnist5k"], "methods": ["sgd"]}
+    }
+    path = tmp_path / "fail.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", ROOT / "Snakefile", "--cores", "1",
+         "--directory", tmp_path, f"--configfile={path}", "figures/table1.md"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "rbd: a job failed. Its log:" in output
+    logs = list((tmp_path / "logs/train").rglob("*.log"))
+    assert len(logs) == 1 and str(logs[0].relative_to(tmp_path)) in output
+    assert "CUDA is not available" in logs[0].read_text()
