@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -132,3 +133,63 @@ def test_sample_moments_match_theory(distribution):
 def test_unknown_distribution_is_rejected():
     with pytest.raises(ValueError, match="distribution"):
         generate_directions([1], 10, "cauchy")
+
+
+def raw_words(seed, count):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.empty(count, dtype=torch.int64).random_(-(2**63), None, generator=gen).numpy()
+
+
+def test_gaussian_rows_follow_box_muller_on_the_raw_bits():
+    """A float64 NumPy Box-Muller from the same 64-bit draws, per the layout."""
+    size = 1000
+    width = 1024  # 64 * ceil(size / 64)
+    seed = direction_seed(1, 2, 3, 4, 5)
+    words = raw_words(seed, width // 2).view(np.uint32).astype(np.float64)
+    u = 1.0 + np.floor(np.mod(words, 2**23)) / 2**23  # 23 low bits -> [1, 2)
+    radius = np.sqrt(-2.0 * np.log(2.0 - u[: width // 2]))
+    angle = 2.0 * np.pi * u[width // 2 :]
+    expected = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:size]
+    got = generate_directions([seed], size, "gaussian")[0].double().numpy()
+    assert np.max(np.abs(got - expected)) < 1e-5
+
+
+@pytest.mark.parametrize("distribution", ["rademacher", "bernoulli-official"])
+def test_sign_rows_follow_the_raw_bits(distribution):
+    size = 300
+    seed = direction_seed(7, 0, 0, 0, 1)
+    bits = np.unpackbits(raw_words(seed, 5).view(np.uint8), bitorder="little")[:size]
+    high, low = (1.0, -1.0) if distribution == "rademacher" else (0.5, -1.5)
+    expected = np.where(bits == 1, low, high)
+    got = generate_directions([seed], size, distribution)[0].numpy()
+    assert np.array_equal(got, expected)
+
+
+def test_uniform_rows_follow_the_raw_bits():
+    size = 500
+    seed = direction_seed(7, 0, 0, 0, 2)
+    words = raw_words(seed, 256).view(np.uint32).astype(np.float64)
+    expected = 2.0 * (1.0 + np.mod(words, 2**23) / 2**23) - 3.0
+    got = generate_directions([seed], size, "uniform")[0].double().numpy()
+    assert np.array_equal(got, expected[:size])
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "rademacher"])
+def test_worker_threads_do_not_change_the_result(distribution):
+    torch.manual_seed(2)
+    g = torch.randn(20_000)
+    seeds = seeds_for(30, seed=3)
+    one = project(g, seeds, distribution, chunk_size=4, workers=1)
+    for _ in range(2):
+        # Fixed chunk size and workers: bit for bit.
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(
+                one, project(g, seeds, distribution, chunk_size=4, workers=1), strict=True
+            )
+        )
+    three = project(g, seeds, distribution, chunk_size=4, workers=3)
+    assert torch.equal(three[0], one[0])  # coordinates do not depend on workers
+    assert rel_err(three[1], one[1]) < 1e-6
+    again = project(g, seeds, distribution, chunk_size=4, workers=3)
+    assert torch.equal(again[1], three[1])
