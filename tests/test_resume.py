@@ -1,0 +1,55 @@
+"""Every method resumes exactly: interrupt mid-epoch after a checkpoint, rerun, compare."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+import rbd.train as train_module
+from rbd.train import TIMING_COLUMNS, TrainConfig, train
+
+CASES = {
+    "rbd": {"method": "rbd", "lr": 4.0},
+    "fpd": {"method": "fpd", "lr": 16.0},
+    "nes": {"method": "nes", "lr": 2**-5, "dim": 20},
+    "rbd-layer-rademacher": {"method": "rbd", "lr": 4.0, "compartments": "layer",
+                             "distribution": "rademacher"},
+    "sgd-then-rbd": {"method": "rbd", "lr": 4.0, "switch": "sgd_first:1", "sgd_lr": 2**-5},
+    "augmented-sgd": {"method": "sgd", "lr": 2**-5, "dim": 0, "distribution": "none",
+                      "augment": True},
+}  # fmt: skip
+
+
+def _config(**settings) -> TrainConfig:
+    base = dict(model="fc", dataset="mnist5k", dim=50, distribution="gaussian", epochs=2, seed=3,
+                train_limit=192, threads=1, checkpoint_minutes=1e-9)  # fmt: skip
+    return TrainConfig(**(base | settings))
+
+
+def _metrics(run_dir):
+    return pd.read_csv(run_dir / "metrics.csv").drop(columns=list(TIMING_COLUMNS))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch, case):
+    cfg = _config(**CASES[case])
+    train(cfg, tmp_path / "whole")
+
+    real_step, calls = train_module._train_step, {"n": 0}
+
+    def interrupted_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 9:  # second epoch, third batch (6 batches per epoch)
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_train_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut")
+    assert (tmp_path / "cut" / "checkpoint.pt").exists()
+    assert not (tmp_path / "cut" / "metrics.csv").exists()
+    monkeypatch.setattr(train_module, "_train_step", real_step)
+
+    record = train(cfg, tmp_path / "cut")
+    assert record["resumes"] == 1 and record["status"] == "done"
+    pd.testing.assert_frame_equal(_metrics(tmp_path / "cut"), _metrics(tmp_path / "whole"))
