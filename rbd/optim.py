@@ -196,7 +196,12 @@ class _RandomBases(torch.optim.Optimizer):
             offset = 0
             for p in params:
                 n = p.numel()
-                p.add_(update[offset : offset + n].view_as(p), alpha=-lr)
+                # Like torch.optim.SGD, a parameter without a gradient stays
+                # put (it counts as a zero gradient in the projection).
+                if p.grad is not None:
+                    p.add_(update[offset : offset + n].view_as(p), alpha=-lr)
+                else:
+                    update[offset : offset + n] = 0
                 offset += n
             group["step"] += 1
             dot += lr * float(torch.dot(update.double(), g.double()))

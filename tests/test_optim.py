@@ -311,3 +311,26 @@ def test_stats_are_floats():
     assert all(isinstance(v, float) for v in opt.stats.values())
     assert -1 <= opt.stats["grad_corr"] <= 1
     assert opt.stats["coord_std"] > 0
+
+
+def test_param_groups_and_parameters_without_gradients():
+    model = small_model()
+    first, second = list(model[0].parameters()), list(model[2].parameters())
+    opt = RBD(
+        [{"params": first}, {"params": second, "lr": 0.0}], lr=0.1, dim=3, compartments="layer"
+    )
+    assert [(c.group, c.index, c.size) for c in opt.compartments] == [
+        (0, 0, 96),
+        (0, 1, 8),
+        (1, 2, 24),
+        (1, 3, 3),
+    ]
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = batch()
+    loss_of(model, x, y).backward()
+    model[0].bias.grad = None
+    opt.step()
+    after = list(model.parameters())
+    assert not torch.equal(before[0], after[0])  # updated
+    assert torch.equal(before[1], after[1])  # no gradient: untouched
+    assert torch.equal(before[2], after[2]) and torch.equal(before[3], after[3])  # lr 0
