@@ -2,6 +2,8 @@
 
 import copy
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -334,3 +336,37 @@ def test_param_groups_and_parameters_without_gradients():
     assert not torch.equal(before[0], after[0])  # updated
     assert torch.equal(before[1], after[1])  # no gradient: untouched
     assert torch.equal(before[2], after[2]) and torch.equal(before[3], after[3])  # lr 0
+
+
+PEAK_RSS_CHILD = """
+import resource, sys, torch
+from rbd.optim import RBD
+size, method = 1_000_000, sys.argv[1]
+param = torch.nn.Parameter(torch.randn(size))
+param.grad = torch.randn(size)
+if method == "sgd":
+    opt = torch.optim.SGD([param], lr=0.1)
+else:
+    opt = RBD([param], lr=0.1, dim=1000, distribution=method)
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak-RSS mark: only the step's peak counts
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+opt.step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+@pytest.mark.slow
+def test_rbd_adds_little_peak_memory_at_a_million_parameters():
+    growth = {}
+    for method in ("sgd", "gaussian"):
+        out = subprocess.run(
+            [sys.executable, "-c", PEAK_RSS_CHILD, method],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        growth[method] = int(out.stdout.split()[-1]) / 1024  # KiB -> MiB
+    # A materialised 1000 x 10^6 float32 matrix alone would be 4000 MB.
+    assert growth["gaussian"] - growth["sgd"] < 150
