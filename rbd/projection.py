@@ -24,7 +24,10 @@ of which the first D are used.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from queue import SimpleQueue
 
 import torch
 
@@ -164,13 +167,52 @@ def default_chunk_size(size: int) -> int:
     return max(1, L2_BYTES // (4 * row_width(max(size, 1))))
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
+class _Workers:
+    """Threads for drawing directions, each with torch's intra-op thread count
+    set to 1 so that n workers keep n cores busy without oversubscription
+    (nested OpenMP teams stall badly when the cores are shared)."""
+
+    def __init__(self, n: int):
+        self.queues: list[SimpleQueue] = [SimpleQueue() for _ in range(n)]
+        ready = threading.Barrier(n + 1)
+        threads = torch.get_num_threads()
+        for q in self.queues:
+            threading.Thread(
+                target=self._serve, args=(q, ready), daemon=True, name="rbd-projection"
+            ).start()
+        ready.wait()
+        # torch.set_num_threads in a thread sets that thread's count and a
+        # process-wide default for threads started later; restore the latter.
+        torch.set_num_threads(threads)
+
+    @staticmethod
+    def _serve(q: SimpleQueue, ready: threading.Barrier) -> None:
+        torch.set_num_threads(1)
+        ready.wait()
+        while True:
+            fn, future = q.get()
+            try:
+                future.set_result(fn())
+            except BaseException as error:  # handed to the caller
+                future.set_exception(error)
+
+    def map(self, fns: list[Callable[[], torch.Tensor]]) -> list[torch.Tensor]:
+        futures = []
+        for q, fn in zip(self.queues, fns, strict=False):
+            futures.append(Future())
+            q.put((fn, futures[-1]))
+        return [f.result() for f in futures]
 
 
-def _pool(workers: int) -> ThreadPoolExecutor:
-    if workers not in _POOLS:
-        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="rbd-projection")
-    return _POOLS[workers]
+_WORKERS: dict[int, _Workers] = {}
+_WORKERS_LOCK = threading.Lock()
+
+
+def _workers(n: int) -> _Workers:
+    with _WORKERS_LOCK:
+        if n not in _WORKERS:
+            _WORKERS[n] = _Workers(n)
+        return _WORKERS[n]
 
 
 def project(
@@ -228,7 +270,7 @@ def project(
     else:
         # Torch releases the GIL inside ops, so the workers' generators run
         # in parallel; partial updates are summed in worker order.
-        parts = list(_pool(workers).map(run, range(workers)))
+        parts = _workers(workers).map([lambda w=w: run(w) for w in range(workers)])
         update = parts[0]
         for part in parts[1:]:
             update.add_(part)
