@@ -52,4 +52,6 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch, case
 
     record = train(cfg, tmp_path / "cut")
     assert record["resumes"] == 1 and record["status"] == "done"
-    pd.testing.assert_frame_equal(_metrics(tmp_path / "cut"), _metrics(tmp_path / "whole"))
+    pd.testing.assert_frame_equal(
+        _metrics(tmp_path / "cut"), _metrics(tmp_path / "whole"), check_exact=True
+    )

@@ -74,7 +74,7 @@ def test_same_seed_same_metrics_other_seed_differs(tmp_path):
     for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
         _train(tmp_path / name, "--seed", seed, epochs=1)
     a, b, c = (_metrics(tmp_path / n) for n in "abc")
-    pd.testing.assert_frame_equal(a, b)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
     assert not a.equals(c)
 
 
@@ -150,7 +150,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_to_identical_metrics(tmp_path):
     _train(out, *args[2:], epochs=3)
     record = json.loads((out / "run.json").read_text())
     assert record["resumes"] >= 1
-    pd.testing.assert_frame_equal(_metrics(out), _metrics(tmp_path / "whole"))
+    pd.testing.assert_frame_equal(_metrics(out), _metrics(tmp_path / "whole"), check_exact=True)
 
 
 def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
