@@ -24,6 +24,7 @@ of which the first D are used.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -204,15 +205,17 @@ class _Workers:
         return [f.result() for f in futures]
 
 
-_WORKERS: dict[int, _Workers] = {}
+_WORKERS: dict[tuple[int, int], _Workers] = {}
 _WORKERS_LOCK = threading.Lock()
 
 
 def _workers(n: int) -> _Workers:
+    # Keyed by process id too: a forked child has none of its parent's threads.
+    key = (os.getpid(), n)
     with _WORKERS_LOCK:
-        if n not in _WORKERS:
-            _WORKERS[n] = _Workers(n)
-        return _WORKERS[n]
+        if key not in _WORKERS:
+            _WORKERS[key] = _Workers(n)
+        return _WORKERS[key]
 
 
 def project(
