@@ -280,3 +280,57 @@ def project(
     if not normalize and dim > 0:
         update.div_(dim)
     return coords.to(grad.dtype), update.to(grad.dtype)
+
+
+def expand(
+    coords: torch.Tensor,
+    seeds,
+    size: int,
+    distribution: str,
+    *,
+    normalize: bool = True,
+    chunk_size: int | None = None,
+    workers: int | None = None,
+) -> torch.Tensor:
+    """The update ``Phi^T c`` for given coordinates, regenerating Phi from ``seeds``.
+
+    ``coords`` has one entry per seed; returns ``update[size]`` on its device
+    in its dtype. The same chunks, workers and summation order as
+    :func:`project`, so ``expand(project(g, s)[0], s, len(g))`` equals
+    ``project(g, s)[1]`` bit for bit (distributed RBD relies on it: every
+    worker rebuilds every other worker's update exactly).
+    """
+    _check(distribution)
+    if coords.dim() != 1 or coords.numel() != len(seeds):
+        raise ValueError(f"coords must be 1-D with {len(seeds)} entries, got {tuple(coords.shape)}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    dim, device = len(seeds), coords.device
+    c_all = coords.detach().to(torch.float32)
+    chunk = chunk_size or default_chunk_size(size)
+    starts = list(range(0, dim, chunk))
+    if workers is None:
+        workers = torch.get_num_threads() if device.type == "cpu" else 1
+    workers = max(1, min(workers, len(starts)))
+    scale = 1.0 / math.sqrt(size) if normalize else 1.0
+    seeds = list(seeds)
+
+    def run(worker: int) -> torch.Tensor:
+        scratch = _Scratch(min(chunk, dim), row_width(size), device)
+        update = torch.zeros(size, dtype=torch.float32, device=device)
+        for start in starts[worker::workers]:
+            stop = min(start + chunk, dim)
+            rows = _fill(scratch, seeds[start:stop], distribution)[:, :size]
+            update.addmv_(rows.t(), c_all[start:stop], alpha=scale)
+        return update
+
+    if workers == 1 or dim == 0:
+        update = run(0) if dim else torch.zeros(size, dtype=torch.float32, device=device)
+    else:
+        parts = _workers(workers).map([lambda w=w: run(w) for w in range(workers)])
+        update = parts[0]
+        for part in parts[1:]:
+            update.add_(part)
+    if not normalize and dim > 0:
+        update.div_(dim)
+    return update.to(coords.dtype)
