@@ -8,6 +8,7 @@ of `RunSpec`s. Errors name the offending key and the allowed values.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from pathlib import Path
@@ -32,6 +33,12 @@ GRID_KEYS = {
 }
 # Scalar settings an experiment may override; the same keys form `defaults`.
 SCALAR_KEYS = ("epochs", "batch_size", "normalize", "augment", "nes_sigma")
+# How an experiment is shown: the three table layouts, and the figure kinds.
+TABLE_KINDS = ("method_table", "distribution_table", "compression_table")
+FIGURE_KINDS = ("curves", "dims", "switch", "lr_sweep")
+KINDS = TABLE_KINDS + FIGURE_KINDS
+# Kinds left out of the default target (opt-in: they are sweeps, not results).
+OPT_IN_KINDS = ("lr_sweep",)
 
 
 class ConfigError(ValueError):
@@ -74,6 +81,20 @@ def validate_config(config: dict, schema: dict | str | Path = DEFAULT_SCHEMA) ->
             _check_run(spec, f"experiments.{name}")
 
 
+# The smallest D of any model and data set (resnet8 on 28x28x1; tests/test_config.py
+# checks it): a dim up to this fits every model, so the workflow's load-time
+# check need not import torch and build models for it.
+MIN_NUM_PARAMS = 78_042
+
+
+@functools.cache
+def _num_params(model: str, dataset: str) -> int:
+    from rbd.data import INPUT_SHAPES
+    from rbd.models import build_model, count_params
+
+    return count_params(build_model(model, INPUT_SHAPES[dataset]))
+
+
 def _describe(error) -> str:
     path = ".".join(str(p) for p in error.absolute_path) or "<top level>"
     if error.validator == "additionalProperties":
@@ -92,15 +113,13 @@ def _describe(error) -> str:
 
 
 def _check_run(spec: RunSpec, where: str) -> None:
-    from rbd.data import INPUT_SHAPES
-    from rbd.models import build_model, count_params
-
-    num_params = count_params(build_model(spec.model, INPUT_SHAPES[spec.dataset]))
-    if spec.method != "sgd" and spec.dim > num_params:
-        raise ConfigError(
-            f"config key {where}.dims: dim {spec.dim} exceeds D = {num_params} of "
-            f"{spec.model} on {spec.dataset}"
-        )
+    if spec.method != "sgd" and spec.dim > MIN_NUM_PARAMS:
+        num_params = _num_params(spec.model, spec.dataset)
+        if spec.dim > num_params:
+            raise ConfigError(
+                f"config key {where}.dims: dim {spec.dim} exceeds D = {num_params} of "
+                f"{spec.model} on {spec.dataset}"
+            )
     if spec.switch != "none":
         at = int(spec.switch.partition(":")[2])
         if not 0 < at < spec.epochs:
@@ -122,17 +141,43 @@ def learning_rate(config: dict, method: str, model: str, dataset: str) -> float:
     return parse_lr(table[pair], f"learning_rates.{method}.{pair}")
 
 
-def expand_experiment(config: dict, name: str) -> list[RunSpec]:
-    """The experiment's runs: the product of its lists, defaults filled in, in a stable order."""
+def experiment_kind(config: dict, name: str) -> str:
+    """How experiment `name` is rendered (one of KINDS)."""
+    return _experiment(config, name)["kind"]
+
+
+def _experiment(config: dict, name: str) -> dict:
     experiments = config.get("experiments", {})
     if name not in experiments:
         raise ConfigError(
             f"experiment {name!r} is not in config key experiments; "
             f"configured: {', '.join(experiments) or 'none'}"
         )
-    exp, defaults = experiments[name], config.get("defaults", {})
+    return experiments[name]
+
+
+def _sweep_rates(exp: dict, method: str, name: str) -> list[float] | None:
+    """The experiment's `lrs` for `method` (a list for all methods, or method -> list)."""
+    lrs = exp.get("lrs")
+    if isinstance(lrs, dict):
+        lrs = lrs.get(method)
+    if lrs is None:
+        return None
+    key = f"experiments.{name}.lrs" + (f".{method}" if isinstance(exp["lrs"], dict) else "")
+    return [parse_lr(lr, key) for lr in lrs]
+
+
+def expand_experiment(config: dict, name: str) -> list[RunSpec]:
+    """The experiment's runs: the product of its lists, defaults filled in, in a stable order.
+
+    Settings that do not apply to a run are normalised so that equal runs
+    share one key: SGD has no dim, distribution, compartments or switch.
+    """
+    exp, defaults = _experiment(config, name), config.get("defaults", {})
     grid = {}
     for key, field in GRID_KEYS.items():
+        if key == "lrs":
+            continue
         default_key = "seeds" if key == "seeds" else field
         values = exp.get(key, defaults.get(default_key))
         if values is None:
@@ -140,21 +185,18 @@ def expand_experiment(config: dict, name: str) -> list[RunSpec]:
         grid[field] = values if isinstance(values, list) else [values]
     scalars = {k: exp.get(k, defaults.get(k)) for k in SCALAR_KEYS}
     scalars = {k: v for k, v in scalars.items() if v is not None}
-    sgd_lr_needed = any(s != "none" for s in grid.get("switch", ["none"]))
     runs = []
     for values in itertools.product(*grid.values()):
         settings = dict(zip(grid, values, strict=True)) | scalars
         method, model, dataset = settings["method"], settings["model"], settings["dataset"]
-        if "lr" in settings:
-            settings["lr"] = parse_lr(settings["lr"], f"experiments.{name}.lrs")
-        else:
-            settings["lr"] = learning_rate(config, method, model, dataset)
+        rates = _sweep_rates(exp, method, name) or [learning_rate(config, method, model, dataset)]
         if method == "sgd":
             # The subspace settings do not apply; one SGD run serves every dim/distribution.
             settings |= {"dim": 0, "distribution": "none", "compartments": "none"}
-        if sgd_lr_needed and settings.get("switch", "none") != "none":
+            settings["switch"] = "none"
+        if settings.get("switch", "none") != "none":
             settings["sgd_lr"] = learning_rate(config, "sgd", model, dataset)
-        runs.append(RunSpec(**settings))
+        runs += [RunSpec(**settings, lr=lr) for lr in rates]
     return list(dict.fromkeys(runs))
 
 

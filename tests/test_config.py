@@ -172,3 +172,61 @@ def test_workflow_with_a_bad_config_starts_no_job(tmp_path):
     assert proc.returncode != 0
     assert "experiments.table1.methods.1" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_every_experiment_needs_a_known_kind():
+    config = _set(copy.deepcopy(QUICK), (*T1, "kind"), _DELETE)
+    with pytest.raises(ConfigError, match="kind"):
+        validate_config(config, SCHEMA)
+    config = _set(copy.deepcopy(QUICK), (*T1, "kind"), "pie_chart")
+    with pytest.raises(ConfigError, match="method_table"):
+        validate_config(config, SCHEMA)
+
+
+def test_sweep_rates_per_method_leave_other_methods_at_their_rate():
+    config = copy.deepcopy(QUICK)
+    config["experiments"]["sweep"] = {
+        "kind": "lr_sweep",
+        "models": ["fc"],
+        "datasets": ["mnist5k"],
+        "methods": ["sgd", "rbd"],
+        "lrs": {"rbd": ["2^-1", 3]},
+        "seeds": [0],
+    }
+    validate_config(config, SCHEMA)
+    runs = expand_experiment(config, "sweep")
+    assert sorted((r.method, r.lr) for r in runs) == [
+        ("rbd", 0.5),
+        ("rbd", 3.0),
+        ("sgd", parse_lr(QUICK["learning_rates"]["sgd"]["fc-mnist5k"])),
+    ]
+
+
+def test_sgd_runs_drop_subspace_settings_and_are_shared():
+    config = copy.deepcopy(QUICK)
+    config["experiments"]["table1"] |= {"switches": ["none", "sgd_first:1"], "dims": [10, 50]}
+    runs = expand_experiment(config, "table1")
+    sgd = [r for r in runs if r.method == "sgd"]
+    # 2 models x 2 seeds, whatever the dims and switches.
+    assert len(sgd) == 2 * 2
+    assert {(r.dim, r.distribution, r.switch, r.sgd_lr) for r in sgd} == {(0, "none", "none", None)}
+    switched = [r for r in runs if r.switch == "sgd_first:1"]
+    assert switched and all(r.sgd_lr is not None for r in switched)
+
+
+def test_equal_runs_of_two_experiments_have_one_key():
+    fig_dims = {r.key for r in expand_experiment(QUICK, "fig_dims")}
+    table1 = {r.key for r in expand_experiment(QUICK, "table1")}
+    shared = fig_dims & table1
+    # fc at the default d: RBD, FPD and SGD, two seeds each.
+    assert len(shared) == 3 * 2
+    assert {r.split("/")[2] for r in shared} == {"rbd", "fpd", "sgd"}
+
+
+def test_min_num_params_is_the_smallest_model():
+    from rbd.config import MIN_NUM_PARAMS
+    from rbd.data import INPUT_SHAPES
+    from rbd.models import MODELS, build_model, count_params
+
+    sizes = [count_params(build_model(m, shape)) for m in MODELS for shape in INPUT_SHAPES.values()]
+    assert MIN_NUM_PARAMS == min(sizes)
