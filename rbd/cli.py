@@ -1,4 +1,4 @@
-"""Command line: `rbd train`, `rbd download`, `rbd aggregate`, `rbd render`, `rbd check-config`.
+"""Command line: `rbd train`, `download`, `aggregate`, `render`, `plot`, `pick-lr`, `check-config`.
 
 Every flag is named after its config key (`--batch-size` is `batch_size`), and
 every choice is checked here, before any data is touched, with a message that
@@ -124,6 +124,24 @@ def _add_train_parser(sub) -> None:
         default=None,
         help="use only the first N training images (smoke tests)",
     )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="distributed RBD with W workers (torchrun's processes, else W spawned here)",
+    )
+    p.add_argument(
+        "--bases",
+        default="worker",
+        choices=("worker", "shared", "split"),
+        help="distributed: own bases per worker, one shared set, or d split across workers",
+    )
+    p.add_argument(
+        "--combine",
+        default="sum",
+        choices=("sum", "mean"),
+        help="distributed: sum (the authors') or mean of the workers' updates",
+    )
     p.set_defaults(func=_cmd_train)
 
 
@@ -149,6 +167,12 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
         parser.error(f"argument --distribution: choose a distribution for --method {args.method}")
     if args.switch != "none" and not 0 < int(args.switch.partition(":")[2]) < args.epochs:
         parser.error(f"argument --switch: the switch epoch must lie inside 1..{args.epochs - 1}")
+    if args.workers is not None and args.method != "rbd":
+        parser.error(
+            f"argument --workers: distributed training needs --method rbd, not {args.method}"
+        )
+    if args.workers is not None and args.switch != "none":
+        parser.error("argument --workers: distributed training needs --switch none")
     values = {k: v for k, v in vars(args).items() if k not in ("func", "command", "out", "verbose")}
     return TrainConfig(**values)
 
@@ -157,7 +181,12 @@ def _cmd_train(args, parser) -> int:
     from rbd.train import train
 
     cfg = _train_config(args, parser)
-    record = train(cfg, args.out)
+    if cfg.workers is not None:
+        from rbd.distributed import launch
+
+        record = launch(cfg, args.out)
+    else:
+        record = train(cfg, args.out)
     acc = record.get("final_val_acc")
     print(f"{record['status']}: {args.out} (val_acc {acc if acc is None else f'{acc:.2f}'}%)")
     return 0
@@ -188,24 +217,38 @@ def _cmd_download(args, parser) -> int:
 def _add_aggregate_parser(sub) -> None:
     p = sub.add_parser("aggregate", help="aggregate finished runs into a tidy table (CSV)")
     p.add_argument("--experiment", required=True)
+    p.add_argument(
+        "--kind",
+        default="method_table",
+        help="the experiment's kind (config key experiments.X.kind)",
+    )
     p.add_argument("--out", required=True, type=Path, help="CSV to write")
     p.add_argument("runs", nargs="+", type=Path, help="run.json files (or their directories)")
     p.set_defaults(func=_cmd_aggregate)
 
 
 def _cmd_aggregate(args, parser) -> int:
+    from rbd.config import KINDS
     from rbd.io import write_text
-    from rbd.tables import aggregate, load_runs
+    from rbd.tables import experiment_table
 
-    table = aggregate(load_runs(args.runs), args.experiment)
+    if args.kind not in KINDS:
+        parser.error(
+            f"argument --kind: invalid choice {args.kind!r} (choose from {', '.join(KINDS)})"
+        )
+    table = experiment_table(args.runs, args.experiment, args.kind)
     write_text(args.out, table.to_csv(index=False))
     print(f"{args.experiment}: {len(table)} rows -> {args.out}")
     return 0
 
 
 def _add_render_parser(sub) -> None:
+    from rbd.config import TABLE_KINDS
+
     p = sub.add_parser("render", help="render an aggregated table as PDF, Markdown and LaTeX")
     p.add_argument("--experiment", required=True)
+    p.add_argument("--kind", default="method_table", choices=TABLE_KINDS)
+    p.add_argument("--description", default=None, help="what was run (the caption)")
     p.add_argument("--csv", required=True, type=Path)
     p.add_argument("--pdf", type=Path)
     p.add_argument("--md", type=Path)
@@ -218,7 +261,73 @@ def _cmd_render(args, parser) -> int:
 
     from rbd.tables import render
 
-    render(pd.read_csv(args.csv), args.experiment, pdf=args.pdf, md=args.md, tex=args.tex)
+    table = pd.read_csv(args.csv, keep_default_na=False, na_values=[""])
+    render(
+        table,
+        args.experiment,
+        kind=args.kind,
+        description=args.description,
+        pdf=args.pdf,
+        md=args.md,
+        tex=args.tex,
+    )
+    return 0
+
+
+def _add_plot_parser(sub) -> None:
+    from rbd.config import FIGURE_KINDS
+
+    p = sub.add_parser("plot", help="draw an experiment's figure (PDF) from its tidy CSV")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--kind", required=True, choices=FIGURE_KINDS)
+    p.add_argument("--description", default=None, help="what was run (the title)")
+    p.add_argument("--csv", required=True, type=Path)
+    p.add_argument("--pdf", required=True, type=Path)
+    p.set_defaults(func=_cmd_plot)
+
+
+def _cmd_plot(args, parser) -> int:
+    import pandas as pd
+
+    from rbd.plots import plot
+
+    data = pd.read_csv(args.csv, keep_default_na=False, na_values=[""])
+    plot(args.kind, data, args.pdf, args.description or args.experiment)
+    print(f"{args.experiment}: {args.pdf}")
+    return 0
+
+
+def _add_pick_lr_parser(sub) -> None:
+    p = sub.add_parser(
+        "pick-lr",
+        help="pick the best learning rate per method and pair from a sweep's CSV; "
+        "write it as a learning_rates YAML snippet",
+    )
+    p.add_argument("--csv", required=True, type=Path, help="the sweep's tidy CSV (rbd aggregate)")
+    p.add_argument("--out", type=Path, default=None, help="YAML to write (default: stdout)")
+    p.set_defaults(func=_cmd_pick_lr)
+
+
+def _cmd_pick_lr(args, parser) -> int:
+    import pandas as pd
+
+    from rbd.io import write_text
+    from rbd.plots import best_learning_rates, lr_snippet
+
+    runs = pd.read_csv(args.csv, keep_default_na=False, na_values=[""])
+    epochs = sorted(set(runs["epochs"])) if "epochs" in runs else []
+    seeds = sorted(set(runs["seed"])) if "seed" in runs else []
+    note = (
+        f"Best rate by mean validation accuracy in {args.csv} ({len(runs)} runs, "
+        f"epochs {epochs}, seeds {seeds}); rates where a seed diverged are skipped.\n"
+        "Paste into a config to replace (or add to) its learning_rates."
+    )
+    text = lr_snippet(best_learning_rates(runs), note)
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        write_text(args.out, text)
+        print(f"best learning rates -> {args.out}")
     return 0
 
 
@@ -259,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_download_parser(sub)
     _add_aggregate_parser(sub)
     _add_render_parser(sub)
+    _add_plot_parser(sub)
+    _add_pick_lr_parser(sub)
     _add_check_parser(sub)
     return parser
 

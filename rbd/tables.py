@@ -1,7 +1,9 @@
 """Aggregate finished runs into tidy pandas tables and render them (PDF, Markdown, LaTeX).
 
-One row of `load_runs` is one run (its last epoch); `aggregate` averages over
-seeds. A diverged run is kept and counted, never silently dropped.
+One row of `load_runs` is one run (its last epoch); `load_curves` has one row
+per run and epoch; `aggregate` averages over seeds. A diverged run is kept and
+counted, never silently dropped: its accuracy is left out of the mean and the
+cell says how many seeds diverged.
 """
 
 from __future__ import annotations
@@ -12,34 +14,58 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rbd.paper import paper_val_acc
+from rbd.paper import paper_frac_sgd, paper_val_acc
 
 GROUP_KEYS = ["model", "dataset", "method", "dim", "distribution", "compartments", "switch", "lr"]
+RUN_KEYS = GROUP_KEYS + ["seed", "epochs", "augment"]
 METHOD_ORDER = ["nes", "fpd", "rbd", "sgd"]
 METHOD_LABELS = {"nes": "NES", "fpd": "FPD", "rbd": "RBD", "sgd": "SGD"}
+DISTRIBUTION_LABELS = {
+    "gaussian": "Gaussian",
+    "uniform": "Uniform",
+    "rademacher": "Rademacher",
+    "bernoulli-official": "Bernoulli (authors')",
+}
+# Rows in the paper's order: models, then data sets, as Table 1 lists them.
+MODEL_ORDER = ["fc", "cnn", "resnet8"]
+DATASET_ORDER = ["mnist5k", "mnist", "fashion_mnist", "cifar10"]
+DATASET_LABELS = {
+    "mnist5k": "MNIST5k",
+    "mnist": "MNIST",
+    "fashion_mnist": "FMNIST",
+    "cifar10": "CIFAR10",
+}
+METRIC_COLUMNS = ("val_acc", "val_loss", "train_acc", "train_loss", "grad_corr_mean")
+DIVERGED = "diverged"
+
+
+def _read_run(path) -> tuple[dict, pd.DataFrame]:
+    path = Path(path)
+    run_dir = path if path.is_dir() else path.parent
+    record = json.loads((run_dir / "run.json").read_text())
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    cfg = record["config"]
+    settings = {key: cfg[key] for key in RUN_KEYS if key in cfg}
+    settings |= {"status": record["status"], "run_dir": str(run_dir)}
+    return record, settings, metrics
 
 
 def load_runs(paths) -> pd.DataFrame:
-    """One row per run: its settings, status and last-epoch metrics."""
+    """One row per run: its settings, status and last-epoch metrics.
+
+    A run that did not finish (`status` other than "done") keeps its row, with
+    `val_acc` NaN: its last number is not a result.
+    """
     rows = []
     for path in paths:
-        path = Path(path)
-        run_dir = path if path.is_dir() else path.parent
-        record = json.loads((run_dir / "run.json").read_text())
-        metrics = pd.read_csv(run_dir / "metrics.csv")
-        cfg = record["config"]
-        row = {key: cfg[key] for key in GROUP_KEYS if key in cfg}
+        record, row, metrics = _read_run(path)
         row |= {
-            "seed": cfg["seed"],
-            "epochs": cfg["epochs"],
-            "status": record["status"],
             "num_params": record["num_params"],
             "num_coordinates": record.get("num_coordinates"),
             "epochs_completed": record.get("epochs_completed", len(metrics)),
-            "run_dir": str(run_dir),
         }
         last = metrics.iloc[-1] if len(metrics) else pd.Series(dtype=float)
-        for column in ("val_acc", "val_loss", "train_acc", "train_loss", "grad_corr_mean"):
+        for column in METRIC_COLUMNS:
             row[column] = float(last[column]) if column in last else np.nan
         if record["status"] != "done":
             row["val_acc"] = np.nan
@@ -48,22 +74,52 @@ def load_runs(paths) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def load_curves(paths) -> pd.DataFrame:
+    """One row per run and epoch (tidy): settings, status, `epoch` and the epoch's metrics.
+
+    Curves of diverged runs are kept up to the last finished epoch; `status`
+    says that the run diverged afterwards.
+    """
+    frames = []
+    for path in paths:
+        record, settings, metrics = _read_run(path)
+        columns = ["epoch"] + [c for c in METRIC_COLUMNS if c in metrics.columns]
+        frame = metrics[columns].copy()
+        if "method" in metrics.columns:
+            frame["phase"] = metrics["method"]
+        for key, value in settings.items():
+            frame[key] = value
+        frame["num_params"] = record["num_params"]
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=RUN_KEYS + ["epoch", "status"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def _std(values: pd.Series) -> float:
+    """Sample standard deviation over the finished seeds (NaN with fewer than two)."""
+    return float(values.std(ddof=1)) if values.count() > 1 else np.nan
+
+
 def aggregate(runs: pd.DataFrame, experiment: str) -> pd.DataFrame:
     """Mean and std over seeds per configuration, with the fraction of SGD and the paper's value.
 
-    Columns: model, dataset, method, dim, distribution, compartments, switch, lr,
-    n_seeds, n_diverged, val_acc_mean, val_acc_std, grad_corr_mean, frac_sgd,
-    paper_val_acc, num_params, num_coordinates.
+    Columns: experiment, model, dataset, method, dim, distribution, compartments,
+    switch, lr, n_seeds, n_diverged, val_acc_mean, val_acc_std, test_acc_mean,
+    grad_corr_mean, grad_corr_std, num_params, num_coordinates, frac_sgd,
+    paper_val_acc, paper_frac_sgd. `frac_sgd` divides by the mean SGD accuracy
+    of the same model and data set.
     """
     keys = [k for k in GROUP_KEYS if k in runs.columns]
     grouped = runs.groupby(keys, dropna=False, sort=False)
     table = grouped.agg(
         n_seeds=("seed", "size"),
-        n_diverged=("status", lambda s: int((s == "diverged").sum())),
+        n_diverged=("status", lambda s: int((s == DIVERGED).sum())),
         val_acc_mean=("val_acc", "mean"),
-        val_acc_std=("val_acc", lambda s: float(s.std(ddof=1)) if s.count() > 1 else np.nan),
+        val_acc_std=("val_acc", _std),
         test_acc_mean=("test_acc", "mean"),
         grad_corr_mean=("grad_corr_mean", "mean"),
+        grad_corr_std=("grad_corr_mean", _std),
         num_params=("num_params", "first"),
         num_coordinates=("num_coordinates", "first"),
     ).reset_index()
@@ -72,66 +128,177 @@ def aggregate(runs: pd.DataFrame, experiment: str) -> pd.DataFrame:
         row.val_acc_mean / sgd.get((row.model, row.dataset), np.nan) for row in table.itertuples()
     ]
     table["paper_val_acc"] = [
-        paper_val_acc(row.model, row.dataset, row.method, row.dim) for row in table.itertuples()
+        paper_val_acc(
+            row.model,
+            row.dataset,
+            row.method,
+            row.dim,
+            getattr(row, "distribution", "gaussian"),
+            getattr(row, "compartments", "none"),
+        )
+        for row in table.itertuples()
+    ]
+    table["paper_frac_sgd"] = [
+        paper_frac_sgd(row.model, row.dataset, row.method, getattr(row, "compartments", "none"))
+        for row in table.itertuples()
     ]
     table.insert(0, "experiment", experiment)
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    table = table.sort_values(
-        ["model", "dataset", "method"], key=lambda s: s.map(order) if s.name == "method" else s
-    )
-    return table.reset_index(drop=True)
+    sort_keys = [k for k in ("model", "dataset", "method", "dim", "compartments") if k in table]
+    return table.sort_values(sort_keys, key=paper_order, kind="stable").reset_index(drop=True)
 
 
-def _cell(row) -> str:
-    if row.n_diverged and row.n_diverged == row.n_seeds:
-        return "diverged"
-    if np.isnan(row.val_acc_mean):
-        return "-"
-    text = f"{row.val_acc_mean:.2f}"
-    if not np.isnan(row.val_acc_std):
-        text += f" ± {row.val_acc_std:.2f}"
-    if row.method != "sgd" and not np.isnan(row.frac_sgd):
-        text += f" ({row.frac_sgd:.2f})"
-    if row.n_diverged:
-        text += f" [{row.n_diverged}/{row.n_seeds} diverged]"
-    if row.paper_val_acc is not None and not pd.isna(row.paper_val_acc):
+def paper_order(column: pd.Series) -> pd.Series:
+    """A sort key that puts models, data sets and methods in the paper's order."""
+    orders = {"model": MODEL_ORDER, "dataset": DATASET_ORDER, "method": METHOD_ORDER}
+    if column.name not in orders:
+        return column
+    rank = {name: i for i, name in enumerate(orders[column.name])}
+    return column.map(lambda v: rank.get(v, len(rank)))
+
+
+def pair_label(model: str, dataset: str) -> str:
+    """ "FC-MNIST", as the paper names a model-data pair."""
+    return f"{model.upper()}-{DATASET_LABELS.get(dataset, dataset)}"
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or pd.isna(value)
+
+
+def _cell(row, *, corr: bool = False) -> str:
+    """`mean ± std (fraction of SGD)`, diverged seeds marked, the paper's value below."""
+    n_diverged, n_seeds = int(row.n_diverged), int(row.n_seeds)
+    if n_diverged and n_diverged == n_seeds:
+        text = f"diverged ({n_diverged}/{n_seeds})"
+    elif _missing(row.val_acc_mean):
+        text = "-"
+    else:
+        text = f"{row.val_acc_mean:.2f}"
+        if not _missing(row.val_acc_std):
+            text += f" ± {row.val_acc_std:.2f}"
+        if row.method != "sgd" and not _missing(row.frac_sgd):
+            text += f" ({row.frac_sgd:.2f})"
+        if n_diverged:
+            text += f" [{n_diverged}/{n_seeds} diverged]"
+    if corr and row.method != "sgd" and not _missing(row.grad_corr_mean):
+        text += f"\ncorr {row.grad_corr_mean:.3f}"
+    if not _missing(row.paper_val_acc):
         text += f"\npaper {row.paper_val_acc:g}"
+    if not _missing(getattr(row, "paper_frac_sgd", None)):
+        text += f"\npaper ({row.paper_frac_sgd:.2f} of SGD)"
     return text
 
 
-def method_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Wide view like the paper's Table 1: one row per model-data pair, one column per method."""
+def _pair(table: pd.DataFrame) -> pd.Series:
+    return pd.Series(
+        [pair_label(m, d) for m, d in zip(table["model"], table["dataset"], strict=True)],
+        index=table.index,
+        dtype=object,
+    )
+
+
+def _factor(compartments: str) -> str:
+    kind, _, value = str(compartments).partition(":")
+    return f"{float(value):g}x" if kind == "compression" else str(compartments)
+
+
+def wide_table(table: pd.DataFrame, kind: str = "method_table") -> pd.DataFrame:
+    """The paper-like view of an aggregated table.
+
+    method_table: one row per model-data pair, one column per method (Table 1).
+    distribution_table: one column per RBD direction distribution, SGD last (Table 2).
+    compression_table: one row per pair and compression factor, with the
+    number of trainable coordinates; one column per method with gradient
+    correlation; SGD (uncompressed) repeated on every row (Table 3).
+    """
     table = table.copy()
-    table["pair"] = table["model"].str.upper() + "-" + table["dataset"]
+    table["model-data"] = _pair(table)
     table["D"] = table["num_params"].map("{:,}".format)
-    table["cell"] = [_cell(row) for row in table.itertuples()]
-    methods = [m for m in METHOD_ORDER if m in set(table["method"])]
-    wide = table.pivot_table(index=["pair", "D"], columns="method", values="cell", aggfunc="first",
+    table["cell"] = [_cell(row, corr=kind == "compression_table") for row in table.itertuples()]
+    if kind == "method_table":
+        index, column = ["model-data", "D"], "method"
+        labels = METHOD_LABELS
+        order = [m for m in METHOD_ORDER if m in set(table["method"])]
+    elif kind == "distribution_table":
+        index, column = ["model-data", "D"], "column"
+        table["column"] = np.where(table["method"] == "sgd", "sgd", table["distribution"])
+        labels = DISTRIBUTION_LABELS | {"sgd": "SGD"}
+        order = [d for d in labels if d in set(table["column"])]
+    elif kind == "compression_table":
+        return _compression_table(table)
+    else:
+        raise ValueError(f"unknown table kind {kind!r}")
+    wide = table.pivot_table(index=index, columns=column, values="cell", aggfunc="first",
                              sort=False)  # fmt: skip
+    wide = wide.reindex(columns=order).fillna("-")
+    wide.columns = [labels[c] for c in wide.columns]
+    return wide.reset_index()
+
+
+def _compression_table(table: pd.DataFrame) -> pd.DataFrame:
+    sgd = table[table["method"] == "sgd"].set_index("model-data")["cell"]
+    sub = table[table["method"] != "sgd"].copy()
+    sub["f"] = sub["compartments"].map(
+        lambda c: float(str(c).partition(":")[2]) if str(c).startswith("compression") else 1.0
+    )
+    sub["compression"] = sub["compartments"].map(_factor)
+    sub["coordinates"] = sub["num_coordinates"].map(lambda n: "-" if _missing(n) else f"{n:,.0f}")
+    sub = sub.sort_values(["model-data", "f"], kind="stable")
+    methods = [m for m in METHOD_ORDER if m in set(sub["method"])]
+    wide = sub.pivot_table(
+        index=["model-data", "D", "compression"], columns="method", values="cell",
+        aggfunc="first", sort=False,
+    )  # fmt: skip
+    coords = sub.pivot_table(
+        index=["model-data", "D", "compression"], columns="method", values="coordinates",
+        aggfunc="first", sort=False,
+    )  # fmt: skip
     wide = wide.reindex(columns=methods).fillna("-")
     wide.columns = [METHOD_LABELS[m] for m in wide.columns]
-    return wide.reset_index().rename(columns={"pair": "model-data"})
+    wide.insert(0, "coordinates", coords.bfill(axis=1).iloc[:, 0] if len(coords) else [])
+    wide = wide.reset_index()
+    if len(sgd):
+        wide["SGD"] = wide["model-data"].map(sgd).fillna("-")
+    return wide
 
 
-def render(table: pd.DataFrame, experiment: str, *, pdf=None, md=None, tex=None) -> None:
+CAPTIONS = {
+    "method_table": "validation accuracy (%) after the last epoch, mean ± std over seeds "
+    "(fraction of the SGD accuracy); 'paper' is the paper's value on the full data set "
+    "(Table 1, d = 250, 100 epochs) where it has one.",
+    "distribution_table": "RBD validation accuracy (%) per direction distribution, mean ± std "
+    "over seeds (fraction of SGD); 'paper' is the paper's Table 1 value (Gaussian only).",
+    "compression_table": "validation accuracy (%) per compression factor D / sum d_k, mean ± std "
+    "over seeds (fraction of SGD) and the mean gradient correlation of the last epoch; "
+    "SGD trains all D parameters.",
+}
+
+
+def render(
+    table: pd.DataFrame,
+    experiment: str,
+    *,
+    kind: str = "method_table",
+    description: str | None = None,
+    pdf=None,
+    md=None,
+    tex=None,
+) -> None:
     """Write the table as a PDF page, a Markdown file and a LaTeX tabular."""
     from rbd.io import write_text
 
-    wide = method_table(table)
-    caption = (
-        f"{experiment}: validation accuracy (%) after the last epoch, mean ± std over seeds, "
-        "(fraction of SGD); 'paper' is the value the paper reports for the full data set."
-    )
+    wide = wide_table(table, kind)
+    caption = f"{description or experiment}. {CAPTIONS[kind]}"
     if md is not None:
-        write_text(md, f"# {experiment}\n\n{caption}\n\n{_markdown(wide)}\n")
+        write_text(md, f"# {experiment}\n\n{caption}\n\n{markdown(wide)}\n")
     if tex is not None:
-        body = wide.replace("\n", " ", regex=True).to_latex(index=False, escape=True)
-        write_text(tex, f"% {caption}\n{body}")
+        body = wide.replace("\n", "; ", regex=True).to_latex(index=False, escape=True)
+        write_text(tex, f"% {experiment}: {caption}\n{body}")
     if pdf is not None:
         _table_pdf(wide, caption, Path(pdf))
 
 
-def _markdown(wide: pd.DataFrame) -> str:
+def markdown(wide: pd.DataFrame) -> str:
     header = "| " + " | ".join(wide.columns) + " |"
     rule = "|" + "|".join("---" for _ in wide.columns) + "|"
     lines = [header, rule]
@@ -141,32 +308,48 @@ def _markdown(wide: pd.DataFrame) -> str:
 
 
 def _table_pdf(wide: pd.DataFrame, caption: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import textwrap
 
-    import matplotlib.pyplot as plt
+    from rbd.plots import pyplot, save_pdf
 
-    n_rows = len(wide) + 1
-    fig, ax = plt.subplots(figsize=(2.0 + 2.3 * (len(wide.columns) - 1), 1.2 + 0.62 * n_rows))
+    plt = pyplot()
+    n_lines = max((str(v).count("\n") + 1 for v in wide.values.ravel()), default=1)
+    widths = [
+        max(len(line) for text in [c, *wide[c].astype(str)] for line in str(text).split("\n"))
+        for c in wide.columns
+    ]
+    width = max(6.0, 0.085 * sum(widths) + 0.6)
+    fig, ax = plt.subplots(figsize=(width, 1.4 + 0.24 * n_lines * (len(wide) + 1)))
     ax.axis("off")
     cells = ax.table(
         cellText=wide.values.tolist(),
         colLabels=list(wide.columns),
+        colWidths=[w / sum(widths) for w in widths],
         loc="center",
         cellLoc="center",
     )
     cells.auto_set_font_size(False)
-    cells.set_fontsize(9)
-    cells.scale(1.0, 2.6)
+    cells.set_fontsize(8.5)
+    cells.scale(1.0, 1.1 * n_lines + 0.6)
     for (r, _), cell in cells.get_celld().items():
+        cell.set_edgecolor("#bbbbbb")
         if r == 0:
             cell.set_text_props(weight="bold")
             cell.set_facecolor("#e8e8e8")
-    ax.set_title("\n".join(textwrap.wrap(caption, 100)), fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.pdf")
-    fig.savefig(tmp, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    ax.set_title("\n".join(textwrap.wrap(caption, int(width * 13))), fontsize=8.5)
+    save_pdf(fig, path)
+
+
+def experiment_table(paths, experiment: str, kind: str) -> pd.DataFrame:
+    """The tidy CSV of an experiment: aggregated over seeds for tables; one row per
+    run and epoch for curves and switches; one row per run for dims and sweeps
+    (the figures draw the mean and the band over seeds themselves)."""
+    from rbd.config import KINDS, TABLE_KINDS
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown experiment kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind in TABLE_KINDS:
+        return aggregate(load_runs(paths), experiment)
+    data = load_curves(paths) if kind in ("curves", "switch") else load_runs(paths)
+    data.insert(0, "experiment", experiment)
+    return data

@@ -1,0 +1,290 @@
+"""The paper's figures from tidy run tables, in one seaborn style.
+
+Every figure shows the mean over seeds as a line and one standard deviation as
+a band (seaborn's ``errorbar="sd"``). Diverged runs are drawn, not dropped: a
+cross at the bottom of the panel, and a count in the legend. The learning-rate
+sweep also yields the best rate per method and pair (`best_learning_rates`),
+written as a `learning_rates` YAML snippet (`lr_snippet`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rbd.tables import DIVERGED, METHOD_LABELS, METHOD_ORDER, pair_label, paper_order
+
+FIGURE_KINDS = ("curves", "dims", "switch", "lr_sweep")
+METHOD_COLORS = {"sgd": "#222222", "rbd": "#d1495b", "fpd": "#00798c", "nes": "#edae49"}
+_STYLE_SET = False
+
+
+def pyplot():
+    """matplotlib.pyplot on the non-interactive backend, with the project's style applied."""
+    global _STYLE_SET
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not _STYLE_SET:
+        import seaborn as sns
+
+        sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
+        plt.rcParams.update({"pdf.fonttype": 42, "figure.dpi": 100, "legend.frameon": False})
+        _STYLE_SET = True
+    return plt
+
+
+def save_pdf(fig, path) -> None:
+    """Save `fig` as a PDF atomically (a killed job leaves no half file) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.pdf")
+    fig.savefig(tmp, bbox_inches="tight")
+    pyplot().close(fig)
+    tmp.replace(path)
+
+
+def _pairs(data: pd.DataFrame) -> list[tuple[str, str]]:
+    """The model-data pairs of `data`, in the paper's order."""
+    pairs = data[["model", "dataset"]].drop_duplicates()
+    pairs = pairs.sort_values(["model", "dataset"], key=paper_order, kind="stable")
+    return list(pairs.itertuples(index=False, name=None))
+
+
+def _panels(n_rows: int, n_cols: int, *, width=4.2, height=3.2):
+    plt = pyplot()
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(width * n_cols, height * n_rows), squeeze=False
+    )
+    return fig, axes
+
+
+def _title(fig, text: str | None) -> None:
+    if text:
+        import textwrap
+
+        fig.suptitle("\n".join(textwrap.wrap(text, 110)), fontsize=9, y=1.0, va="bottom")
+
+
+def _diverged_label(label: str, runs: pd.DataFrame) -> str:
+    per_run = runs.drop_duplicates("run_dir") if "run_dir" in runs else runs
+    n, bad = len(per_run), int((per_run["status"] == DIVERGED).sum())
+    return f"{label} ({bad}/{n} diverged)" if bad else label
+
+
+def _mark_diverged(ax, x: pd.Series, color) -> None:
+    """Crosses on the bottom edge of the panel at the x positions of diverged runs."""
+    if len(x):
+        ax.scatter(
+            x,
+            np.zeros(len(x)),
+            marker="x",
+            color=color,
+            s=40,
+            clip_on=False,
+            transform=ax.get_xaxis_transform(),
+            zorder=5,
+        )
+
+
+def _line(ax, data: pd.DataFrame, x: str, y: str, label: str, color, **kwargs) -> None:
+    import seaborn as sns
+
+    if data[y].notna().any():
+        sns.lineplot(data=data, x=x, y=y, ax=ax, label=label, color=color, errorbar="sd", **kwargs)
+
+
+def plot_curves(curves: pd.DataFrame, path, title: str | None = None) -> None:
+    """Validation accuracy per epoch, one panel per model-data pair, one line per method."""
+    pairs = _pairs(curves)
+    fig, axes = _panels(1, len(pairs))
+    for ax, (model, dataset) in zip(axes[0], pairs, strict=True):
+        sub = curves[(curves["model"] == model) & (curves["dataset"] == dataset)]
+        for method in [m for m in METHOD_ORDER if m in set(sub["method"])]:
+            runs = sub[sub["method"] == method]
+            label = _diverged_label(METHOD_LABELS[method], runs)
+            _line(ax, runs, "epoch", "val_acc", label, METHOD_COLORS[method], marker="o")
+        ax.set(title=pair_label(model, dataset), xlabel="epoch", ylabel="validation accuracy (%)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend(fontsize=8)
+    _title(fig, title)
+    save_pdf(fig, path)
+
+
+def _switch_label(switch: str, method: str) -> str:
+    if method == "sgd":
+        return "SGD throughout"
+    if switch == "none":
+        return f"{METHOD_LABELS[method]} throughout"
+    kind, _, k = switch.partition(":")
+    other = METHOD_LABELS[method]
+    return f"SGD → {other} at epoch {k}" if kind == "sgd_first" else f"{other} → SGD at epoch {k}"
+
+
+def plot_switch(curves: pd.DataFrame, path, title: str | None = None) -> None:
+    """Curves of runs that switch between SGD and a subspace method, beside the pure runs.
+
+    One row per model-data pair: left SGD first, right SGD last, each with the
+    pure runs for reference and a dotted line at each switch epoch.
+    """
+    import seaborn as sns
+
+    pairs = _pairs(curves)
+    fig, axes = _panels(len(pairs), 2)
+    for row, (model, dataset) in zip(axes, pairs, strict=True):
+        sub = curves[(curves["model"] == model) & (curves["dataset"] == dataset)]
+        pure = sub[sub["switch"] == "none"]
+        for ax, kind in zip(row, ("sgd_first", "sgd_last"), strict=True):
+            switched = sub[sub["switch"].str.startswith(kind)]
+            epochs = sorted({int(s.partition(":")[2]) for s in switched["switch"]})
+            colors = sns.color_palette("viridis", max(len(epochs), 1))
+            for (switch, method), runs in pure.groupby(["switch", "method"], sort=False):
+                label = _diverged_label(_switch_label(switch, method), runs)
+                _line(ax, runs, "epoch", "val_acc", label, METHOD_COLORS[method], linestyle="--")
+            for color, k in zip(colors, epochs, strict=False):
+                runs = switched[switched["switch"] == f"{kind}:{k}"]
+                for method, group in runs.groupby("method"):
+                    label = _diverged_label(_switch_label(f"{kind}:{k}", method), group)
+                    _line(ax, group, "epoch", "val_acc", label, color, marker="o")
+                ax.axvline(k + 0.5, color=color, linestyle=":", linewidth=1)
+            ax.set(
+                title=f"{pair_label(model, dataset)}: SGD {kind.partition('_')[2]}",
+                xlabel="epoch",
+                ylabel="validation accuracy (%)",
+            )
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.legend(fontsize=7)
+    _title(fig, title)
+    save_pdf(fig, path)
+
+
+def expected_grad_corr(dim: float, num_params: float) -> float:
+    """sqrt(d / (D + d + 1)): the expected cosine of RBD's update with the gradient (Gaussian)."""
+    return math.sqrt(dim / (num_params + dim + 1))
+
+
+def plot_dims(runs: pd.DataFrame, path, title: str | None = None) -> None:
+    """Final accuracy and gradient correlation against d (log scale), per method, per pair.
+
+    SGD is drawn as a horizontal reference on the accuracy panel, and the
+    Gaussian expectation sqrt(d / (D + d + 1)) on the correlation panel.
+    """
+    pairs = _pairs(runs)
+    fig, axes = _panels(len(pairs), 2)
+    for row, (model, dataset) in zip(axes, pairs, strict=True):
+        sub = runs[(runs["model"] == model) & (runs["dataset"] == dataset)]
+        sgd = sub[sub["method"] == "sgd"]
+        subspace = sub[sub["method"] != "sgd"]
+        for method in [m for m in METHOD_ORDER if m in set(subspace["method"])]:
+            group = subspace[subspace["method"] == method]
+            color, label = METHOD_COLORS[method], _diverged_label(METHOD_LABELS[method], group)
+            _line(row[0], group, "dim", "val_acc", label, color, marker="o")
+            _line(row[1], group, "dim", "grad_corr_mean", METHOD_LABELS[method], color, marker="o")
+            _mark_diverged(row[0], group.loc[group["status"] == DIVERGED, "dim"], color)
+        if sgd["val_acc"].notna().any():
+            mean = sgd["val_acc"].mean()
+            row[0].axhline(
+                mean, color=METHOD_COLORS["sgd"], linestyle="--", label=f"SGD ({mean:.1f})"
+            )
+        dims = np.geomspace(max(subspace["dim"].min(), 1), max(subspace["dim"].max(), 2), 50)
+        num_params = float(sub["num_params"].iloc[0])
+        row[1].plot(
+            dims,
+            [expected_grad_corr(d, num_params) for d in dims],
+            color="#777777",
+            linestyle=":",
+            label=r"$\sqrt{d/(D+d+1)}$",
+        )
+        pair = pair_label(model, dataset)
+        row[0].set(
+            xscale="log", title=pair, xlabel="d (directions)", ylabel="validation accuracy (%)"
+        )
+        row[1].set(
+            xscale="log",
+            yscale="log",
+            title=pair,
+            xlabel="d (directions)",
+            ylabel="gradient correlation (last epoch)",
+        )
+        for ax in row:
+            ax.legend(fontsize=8)
+    _title(fig, title)
+    save_pdf(fig, path)
+
+
+def plot_lr(runs: pd.DataFrame, path, title: str | None = None) -> None:
+    """Final validation accuracy against the learning rate (log2), per method, per pair.
+
+    The best rate of each method (`best_learning_rates`) is ringed; diverged runs are crosses.
+    """
+    pairs = _pairs(runs)
+    best = best_learning_rates(runs)
+    fig, axes = _panels(1, len(pairs))
+    for ax, (model, dataset) in zip(axes[0], pairs, strict=True):
+        sub = runs[(runs["model"] == model) & (runs["dataset"] == dataset)].copy()
+        sub["log2_lr"] = np.log2(sub["lr"].astype(float))
+        for method in [m for m in METHOD_ORDER if m in set(sub["method"])]:
+            group = sub[sub["method"] == method]
+            color = METHOD_COLORS[method]
+            _line(ax, group, "log2_lr", "val_acc", _diverged_label(METHOD_LABELS[method], group),
+                  color, marker="o")  # fmt: skip
+            _mark_diverged(ax, group.loc[group["status"] == DIVERGED, "log2_lr"], color)
+            lr = best.get(method, {}).get(f"{model}-{dataset}")
+            if lr is not None:
+                acc = group.loc[group["lr"] == lr, "val_acc"].mean()
+                ax.scatter([math.log2(lr)], [acc], s=160, facecolors="none", edgecolors=color)
+        ax.set_xlim(sub["log2_lr"].min() - 0.4, sub["log2_lr"].max() + 0.4)
+        ax.set(
+            title=pair_label(model, dataset),
+            xlabel=r"$\log_2$ learning rate",
+            ylabel="validation accuracy (%)",
+        )
+        ax.legend(fontsize=8)
+    _title(fig, title)
+    save_pdf(fig, path)
+
+
+def best_learning_rates(runs: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """method -> "model-dataset" -> the rate with the highest mean validation accuracy.
+
+    The mean is over finished seeds; a rate at which any seed diverged is not
+    eligible (it would not be a safe default). Ties go to the smaller rate.
+    """
+    best: dict[str, dict[str, float]] = {}
+    keys = ["method", "model", "dataset", "lr"]
+    stats = runs.groupby(keys).agg(
+        acc=("val_acc", "mean"), diverged=("status", lambda s: bool((s == DIVERGED).any()))
+    )
+    stats = stats[~stats["diverged"] & stats["acc"].notna()].reset_index()
+    for (method, model, dataset), group in stats.groupby(["method", "model", "dataset"]):
+        group = group.sort_values(["acc", "lr"], ascending=[False, True])
+        best.setdefault(method, {})[f"{model}-{dataset}"] = float(group["lr"].iloc[0])
+    return {m: best[m] for m in METHOD_ORDER if m in best}
+
+
+def _rate_text(lr: float) -> str:
+    k = math.log2(lr)
+    return f"2^{int(k)}" if k == int(k) else repr(lr)
+
+
+def lr_snippet(best: dict[str, dict[str, float]], note: str = "") -> str:
+    """`learning_rates:` YAML, one flow mapping per method, ready to paste into a config."""
+    lines = [f"# {line}" for line in note.splitlines()]
+    lines.append("learning_rates:")
+    for method, rates in best.items():
+        cells = ", ".join(f"{pair}: {_rate_text(lr)}" for pair, lr in sorted(rates.items()))
+        lines.append(f"  {method}: {{{cells}}}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(kind: str, data: pd.DataFrame, path, title: str | None = None) -> None:
+    """Draw the figure of an experiment of `kind` from its tidy table."""
+    drawers = {"curves": plot_curves, "dims": plot_dims, "switch": plot_switch, "lr_sweep": plot_lr}
+    if kind not in drawers:
+        raise ValueError(f"unknown figure kind {kind!r}; choose one of {', '.join(drawers)}")
+    drawers[kind](data, path, title)
