@@ -29,14 +29,57 @@ def planned_jobs(proc) -> dict[str, int]:
     return {rule: int(n) for rule, n in counts}
 
 
-def test_paper_preset_plans_the_whole_table1_grid(tmp_path):
-    start = time.monotonic()
+# Training jobs each paper-preset target plans on its own, worked out from the
+# grids in config/config.yaml (6 pairs = {fc, cnn} x {mnist, fashion_mnist,
+# cifar10}; 3 seeds; SGD has no dim, distribution, compartments or switch, so
+# one SGD run per pair and seed serves every column).
+PAPER_TRAIN_JOBS = {
+    "table1": 6 * 4 * 3,  # NES, FPD, RBD, SGD
+    "table2": 6 * (4 * 3 + 3),  # RBD x 4 distributions, plus SGD
+    "table3": (4 * 2 + 1) * 3,  # 4 factors x {RBD, FPD}, plus SGD
+    "fig_curves": 4 * 3,  # RBD, FPD, NES, SGD at d = 500
+    "fig_dims": (8 * 2 + 1) * 3,  # 8 dims x {RBD, FPD}, plus SGD
+    "fig_switch": 2 * (7 * 3 + 3),  # 2 models x 7 switches of RBD, plus SGD
+    "fig_lr": 6 * 4 * 24,  # 6 pairs x 4 methods x 2^5..2^-18, one seed
+}
+# Shared with an earlier experiment: fig_curves' SGD is table3's (same
+# augmented ResNet-8); fig_dims' d = 250 RBD/FPD and SGD, and fig_switch's
+# unswitched RBD and SGD, are table1's; table2's Gaussian RBD and SGD too.
+PAPER_DEFAULT_JOBS = (
+    PAPER_TRAIN_JOBS["table1"]
+    + 6 * 3 * 3
+    + PAPER_TRAIN_JOBS["table3"]
+    + 3 * 3
+    + 7 * 2 * 3
+    + 2 * 6 * 3
+)
+PAPER_DOWNLOADS = {"table1": 3, "table2": 3, "table3": 1, "fig_curves": 1, "fig_dims": 1,
+                   "fig_switch": 1, "fig_lr": 3}  # fmt: skip
+
+
+@pytest.mark.parametrize("experiment", list(PAPER_TRAIN_JOBS))
+def test_paper_preset_plans_each_experiments_grid(tmp_path, experiment):
     jobs = planned_jobs(
-        snakemake("-n", "--cores", "8", "--directory", tmp_path, "figures/table1.pdf")
+        snakemake("-n", "--cores", "8", "--directory", tmp_path, f"figures/{experiment}.pdf")
     )
-    assert jobs["train"] == 6 * 4 * 3
-    assert jobs["aggregate_table"] == 1 and jobs["render_table"] == 1
-    assert time.monotonic() - start < 60
+    assert jobs["train"] == PAPER_TRAIN_JOBS[experiment]
+    assert jobs["download_data"] == PAPER_DOWNLOADS[experiment]
+    assert jobs["aggregate_experiment"] == 1
+    drawn = "render_table" if experiment.startswith("table") else "plot_figure"
+    assert jobs[drawn] == 1
+    assert jobs.get("pick_learning_rates", 0) == (experiment == "fig_lr")
+
+
+def test_paper_default_target_builds_all_but_the_sweep_quickly(tmp_path):
+    start = time.monotonic()
+    proc = snakemake("-n", "--cores", "8", "--directory", tmp_path)
+    seconds = time.monotonic() - start
+    jobs = planned_jobs(proc)
+    assert jobs["train"] == PAPER_DEFAULT_JOBS == 240
+    assert jobs["aggregate_experiment"] == 6
+    assert jobs["render_table"] == 3 and jobs["plot_figure"] == 3
+    assert "pick_learning_rates" not in jobs and "fig_lr" not in proc.stdout
+    assert seconds < 10, f"the dry run took {seconds:.1f} s"
 
 
 def test_quick_preset_plans_only_its_own_runs(tmp_path):
@@ -54,6 +97,20 @@ def test_quick_preset_plans_only_its_own_runs(tmp_path):
     t1 = quick["experiments"]["table1"]
     assert jobs["train"] == len(t1["models"]) * len(t1["methods"]) * len(quick["defaults"]["seeds"])
     assert "cifar10" not in proc.stdout and "fashion_mnist" not in proc.stdout
+
+
+def test_quick_preset_default_target_plans_every_experiment_but_the_sweep(tmp_path):
+    proc = snakemake(
+        "-n", "--cores", "2", "--directory", tmp_path, f"--configfile={ROOT / 'config/quick.yaml'}"
+    )
+    jobs = planned_jobs(proc)
+    # table1 (2 models x 4 methods x 2 seeds) + table2's other 3 distributions
+    # (x 2 models x 2 seeds) + table3's 2 factors x {RBD, FPD} (cnn, 2 seeds) +
+    # fig_dims' 4 other dims x {RBD, FPD} (fc, 2 seeds) + fig_switch's 4
+    # switches (fc, 2 seeds); fig_curves reuses table1's CNN runs.
+    assert jobs["train"] == 16 + 12 + 8 + 16 + 8
+    assert jobs["aggregate_experiment"] == 6
+    assert "download_data" not in jobs and "pick_learning_rates" not in jobs
 
 
 def test_snakemake_lint_is_clean():
@@ -85,5 +142,5 @@ def test_tiny_table1_end_to_end(tmp_path):
     assert (table["n_seeds"] == 2).all()
     assert table["val_acc_mean"].between(10, 100).all()
     assert (tmp_path / "figures/table1.pdf").read_bytes().startswith(b"%PDF")
-    assert "| FC-mnist5k |" in (tmp_path / "figures/table1.md").read_text()
+    assert "| FC-MNIST5k |" in (tmp_path / "figures/table1.md").read_text()
     assert list((tmp_path / "logs/train").rglob("*.log"))

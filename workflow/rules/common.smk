@@ -6,7 +6,13 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from rbd.config import ConfigError, experiment_runs, validate_config
+from rbd.config import (
+    OPT_IN_KINDS,
+    TABLE_KINDS,
+    ConfigError,
+    experiment_runs,
+    validate_config,
+)
 from rbd.runs import parse_run_key
 
 try:
@@ -29,7 +35,20 @@ DATA_DIR = os.environ.get("RBD_DATA_DIR") or config.get("data_dir", "resources/d
 BUNDLED_DATASETS = {"mnist5k"}
 RUNS = experiment_runs(config)
 ALL_RUNS = sorted({spec.key for runs in RUNS.values() for spec in runs})
-TABLE_EXPERIMENTS = [name for name in RUNS if name.startswith("table")]
+
+
+report: "../report/workflow.rst"
+
+
+KINDS = {name: exp["kind"] for name, exp in config["experiments"].items()}
+TABLE_EXPERIMENTS = [name for name, kind in KINDS.items() if kind in TABLE_KINDS]
+FIGURE_EXPERIMENTS = [name for name, kind in KINDS.items() if kind not in TABLE_KINDS]
+SWEEP_EXPERIMENTS = [name for name, kind in KINDS.items() if kind == "lr_sweep"]
+
+
+def one_of(names):
+    """A wildcard regex matching exactly these names (and nothing when there are none)."""
+    return "|".join(names) if names else "(?!)"
 
 
 wildcard_constraints:
@@ -67,12 +86,26 @@ def data_ready(run):
     return [f"{DATA_DIR}/.rbd/{dataset}.ready"]
 
 
-def all_targets():
-    targets = []
-    for name in TABLE_EXPERIMENTS:
-        targets += [
-            f"figures/{name}.pdf",
-            f"figures/{name}.md",
-            f"results/tables/{name}.csv",
-        ]
+def description(experiment):
+    """What the experiment runs, in words (its config description, else its name)."""
+    return config["experiments"][experiment].get("description", experiment)
+
+
+def experiment_targets(name):
+    """The files that make up experiment `name`."""
+    targets = [f"figures/{name}.pdf", f"results/tables/{name}.csv"]
+    if name in TABLE_EXPERIMENTS:
+        targets += [f"figures/{name}.md", f"figures/{name}.tex"]
+    if name in SWEEP_EXPERIMENTS:
+        targets.append(f"results/tables/{name}_best.yaml")
     return targets
+
+
+def all_targets():
+    """Every experiment except the opt-in kinds (learning-rate sweeps)."""
+    return [
+        target
+        for name, kind in KINDS.items()
+        if kind not in OPT_IN_KINDS
+        for target in experiment_targets(name)
+    ]

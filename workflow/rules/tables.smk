@@ -1,7 +1,7 @@
-# Aggregation of runs into tidy tables, and their rendering.
+# Aggregation of runs into tidy tables (every experiment), and the tables' rendering.
 
 
-rule aggregate_table:
+rule aggregate_experiment:
     input:
         runs=lambda wildcards: run_files(wildcards.experiment),
     output:
@@ -12,24 +12,41 @@ rule aggregate_table:
         "../../environment.yml"
     params:
         python=PYTHON,
+        kind=lambda wildcards: KINDS[wildcards.experiment],
     shell:
         "{params.python} -m rbd aggregate --experiment {wildcards.experiment:q} "
-        "--out {output.csv:q} {input.runs:q} > {log:q} 2>&1"
+        "--kind {params.kind:q} --out {output.csv:q} {input.runs:q} > {log:q} 2>&1"
 
 
 rule render_table:
     input:
         csv="results/tables/{experiment}.csv",
     output:
-        pdf="figures/{experiment}.pdf",
-        md="figures/{experiment}.md",
+        pdf=report(
+            "figures/{experiment}.pdf",
+            caption="../report/experiment.rst",
+            category="Tables",
+            labels={"experiment": "{experiment}", "format": "PDF"},
+        ),
+        md=report(
+            "figures/{experiment}.md",
+            caption="../report/experiment.rst",
+            category="Tables",
+            labels={"experiment": "{experiment}", "format": "Markdown"},
+        ),
         tex="figures/{experiment}.tex",
     log:
         "logs/tables/{experiment}.render.log",
+    wildcard_constraints:
+        experiment=one_of(TABLE_EXPERIMENTS),
     conda:
         "../../environment.yml"
     params:
         python=PYTHON,
+        kind=lambda wildcards: KINDS[wildcards.experiment],
+        description=lambda wildcards: description(wildcards.experiment),
+        n_runs=lambda wildcards: len(RUNS[wildcards.experiment]),
     shell:
-        "{params.python} -m rbd render --experiment {wildcards.experiment:q} --csv {input.csv:q} "
+        "{params.python} -m rbd render --experiment {wildcards.experiment:q} "
+        "--kind {params.kind:q} --description {params.description:q} --csv {input.csv:q} "
         "--pdf {output.pdf:q} --md {output.md:q} --tex {output.tex:q} > {log:q} 2>&1"

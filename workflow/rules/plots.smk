@@ -1,0 +1,56 @@
+# Figures from the tidy tables, and the best rates of a learning-rate sweep.
+
+
+rule plot_figure:
+    input:
+        csv="results/tables/{experiment}.csv",
+        # A sweep's figure rings the best rates: build their YAML with it.
+        best=lambda wildcards: (
+            [f"results/tables/{wildcards.experiment}_best.yaml"]
+            if wildcards.experiment in SWEEP_EXPERIMENTS
+            else []
+        ),
+    output:
+        pdf=report(
+            "figures/{experiment}.pdf",
+            caption="../report/experiment.rst",
+            category="Figures",
+            labels={"experiment": "{experiment}", "format": "PDF"},
+        ),
+    log:
+        "logs/plots/{experiment}.log",
+    wildcard_constraints:
+        experiment=one_of(FIGURE_EXPERIMENTS),
+    conda:
+        "../../environment.yml"
+    params:
+        python=PYTHON,
+        kind=lambda wildcards: KINDS[wildcards.experiment],
+        description=lambda wildcards: description(wildcards.experiment),
+        n_runs=lambda wildcards: len(RUNS[wildcards.experiment]),
+    shell:
+        "{params.python} -m rbd plot --experiment {wildcards.experiment:q} "
+        "--kind {params.kind:q} --description {params.description:q} "
+        "--csv {input.csv:q} --pdf {output.pdf:q} > {log:q} 2>&1"
+
+
+rule pick_learning_rates:
+    input:
+        csv="results/tables/{experiment}.csv",
+    output:
+        yaml=report(
+            "results/tables/{experiment}_best.yaml",
+            caption="../report/best_rates.rst",
+            category="Learning rates",
+            labels={"experiment": "{experiment}", "format": "YAML"},
+        ),
+    log:
+        "logs/plots/{experiment}.pick_lr.log",
+    wildcard_constraints:
+        experiment=one_of(SWEEP_EXPERIMENTS),
+    conda:
+        "../../environment.yml"
+    params:
+        python=PYTHON,
+    shell:
+        "{params.python} -m rbd pick-lr --csv {input.csv:q} --out {output.yaml:q} > {log:q} 2>&1"
