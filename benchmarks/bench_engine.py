@@ -4,7 +4,9 @@ Prints a table of the median ms per optimiser step (gradient given, the
 forward/backward pass not timed) for SGD, a naive RBD that materialises the
 d x D Gaussian matrix with torch.randn and does two products, and the
 engine's RBD with each distribution; all measured in one run, repeats
-interleaved so that a busy machine slows every row alike. With --memory it
+interleaved so that a busy machine slows every row alike. "cpu ms" is the
+process CPU time of a step over all threads: on a shared machine it shows
+the work, where wall time also shows how many cores were free. With --memory it
 also measures the peak resident memory that one RBD step at D = 10^6,
 d = 1000 adds over an SGD step (each in a fresh subprocess).
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import resource
 import statistics
 import subprocess
@@ -55,17 +58,19 @@ class NaiveRBD(torch.optim.Optimizer):
             p.add_(u.view_as(p), alpha=-self.param_groups[0]["lr"])
 
 
-def time_steps(optimisers: dict, repeats: int) -> dict[str, float]:
-    """Median ms per step of each optimiser, repeats interleaved across them."""
+def time_steps(optimisers: dict, repeats: int) -> dict[str, tuple[float, float]]:
+    """Median wall and CPU (all threads) ms per step, repeats interleaved."""
     times = {name: [] for name in optimisers}
+    cpu = {name: [] for name in optimisers}
     for opt in optimisers.values():
         opt.step()  # warm-up: allocations, thread pools
     for _ in range(repeats):
         for name, opt in optimisers.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             opt.step()
             times[name].append(1e3 * (time.perf_counter() - start))
-    return {name: statistics.median(ts) for name, ts in times.items()}
+            cpu[name].append(1e3 * (time.process_time() - start_cpu))
+    return {name: (statistics.median(times[name]), statistics.median(cpu[name])) for name in times}
 
 
 def step_times(model_name: str, dim: int, repeats: int) -> None:
@@ -83,14 +88,17 @@ def step_times(model_name: str, dim: int, repeats: int) -> None:
     for dist in DISTRIBUTIONS:
         optimisers[dist] = RBD(model.parameters(), lr=1e-9, dim=dim, distribution=dist)
     medians = time_steps(optimisers, repeats)
-    naive = medians["naive gaussian"]
+    naive = medians["naive gaussian"][0]
+    load = os.getloadavg()[0]
     print(
         f"model {model_name} D={size} d={dim} threads={torch.get_num_threads()} "
-        f"repeats={repeats} device=cpu ({torch.backends.cpu.get_cpu_capability()})"
+        f"repeats={repeats} device=cpu ({torch.backends.cpu.get_cpu_capability()}) "
+        f"load average {load:.1f} on {os.cpu_count()} cores"
     )
-    print(f"{'step':<20} {'ms/step':>9} {'naive/x':>9} {'x/sgd':>9}")
-    for name, ms in medians.items():
-        print(f"{name:<20} {ms:9.2f} {naive / ms:9.2f} {ms / medians['sgd']:9.1f}")
+    print(f"{'step':<20} {'ms/step':>9} {'naive/x':>9} {'x/sgd':>9} {'cpu ms':>9}")
+    sgd = medians["sgd"][0]
+    for name, (ms, cpu_ms) in medians.items():
+        print(f"{name:<20} {ms:9.2f} {naive / ms:9.2f} {ms / sgd:9.1f} {cpu_ms:9.1f}")
 
 
 def peak_rss_child(method: str, size: int, dim: int) -> None:
