@@ -3,6 +3,9 @@
 One call of `train(config, out_dir)` is one run. It resumes from
 `out_dir/checkpoint.pt` when one is there, records a diverged run instead of
 crashing, and writes `metrics.csv` and `run.json` only when the run has ended.
+With `group` (one worker of a distributed run, see `rbd.distributed`) the
+same loop runs in every worker on its share of each global batch; worker 0
+writes the outputs.
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ class TrainConfig(RunSpec):
     divergence_loss: float = 1e3
     train_limit: int | None = None
     eval_batch_size: int = 1000
+    # Distributed RBD (rbd.distributed); None: one process, no process group.
+    workers: int | None = None
+    bases: str = "worker"
+    combine: str = "sum"
 
     @property
     def spec(self) -> RunSpec:
@@ -176,8 +183,12 @@ def _cell(value) -> str:
     return str(value)
 
 
-def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
-    """Run (or resume, or skip if finished) one training run; return its run.json record."""
+def train(cfg: TrainConfig, out_dir: str | Path, group=None) -> dict:
+    """Run (or resume, or skip if finished) one training run; return its run.json record.
+
+    ``group``: this process's `rbd.distributed.Group` when it is one of W
+    workers (`rbd.distributed.launch` passes it); None for a plain run.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if (out / RUN_JSON).exists() and (out / METRICS).exists():
@@ -187,7 +198,8 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         return json.loads((out / RUN_JSON).read_text())
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = group.device if group is not None else resolve_device(cfg.device)
+    rank, world = (group.rank, group.size) if group is not None else (0, 1)
 
     data = load_dataset(cfg.dataset, cfg.data_dir)
     train_x, train_y = data.train_x, data.train_y
@@ -207,7 +219,9 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
 
     schedule = phases(cfg)
     optimizers = [
-        build_optimizer(
+        _distributed_optimizer(model, cfg, group)
+        if group is not None
+        else build_optimizer(
             p.method,
             model.parameters(),
             lr=p.lr,
@@ -222,13 +236,17 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     augmentation = Augmentation(cfg.dataset) if cfg.augment else None
     # Separate streams, so that changing augmentation never changes the data order.
     order_gen = torch.Generator().manual_seed(cfg.seed)
-    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    # Each worker augments its own images with its own stream.
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + (rank << 32))
 
     rows: list[dict] = []
     epoch, next_batch, elapsed, resumes = 0, 0, 0.0, 0
     epoch_acc = _new_epoch_accumulator()
     order_state = order_gen.get_state()
     ckpt_path = out / CHECKPOINT
+    # Workers agree on when to checkpoint by counting steps (worker 0's clock
+    # sets the count at each epoch's end): none in the first epoch.
+    checkpoint_steps = 0
     if ckpt_path.exists():
         ckpt = load_torch(ckpt_path)
         model.load_state_dict(ckpt["model"])
@@ -238,12 +256,28 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         aug_gen.set_state(ckpt["aug_state"].to(aug_gen.get_state().device))
         epoch, next_batch, elapsed = ckpt["epoch"], ckpt["next_batch"], ckpt["elapsed"]
         rows, epoch_acc, resumes = ckpt["rows"], ckpt["epoch_acc"], ckpt["resumes"] + 1
+        if group is not None:
+            aug_gen.set_state(ckpt["aug_states"][rank].to(aug_gen.get_state().device))
+            loss_sum, correct, seen = ckpt["worker_acc"][rank].tolist()
+            epoch_acc |= {"loss": loss_sum, "correct": int(correct), "seen": int(seen)}
+            checkpoint_steps = ckpt["checkpoint_steps"]
         log.info("resumed %s at epoch %d, batch %d", out, epoch + 1, next_batch)
 
     def checkpoint() -> None:
+        extra = {}
+        if group is not None:  # every worker's own streams and sums; worker 0 writes
+            acc = [epoch_acc["loss"], epoch_acc["correct"], epoch_acc["seen"]]
+            extra = {
+                "aug_states": list(group.all_gather(aug_gen.get_state()).cpu()),
+                "worker_acc": list(group.all_gather(torch.tensor(acc, dtype=torch.float64))),
+                "checkpoint_steps": checkpoint_steps,
+            }
+            if not group.is_main:
+                return
         save_torch(
             ckpt_path,
             {
+                **extra,
                 "model": model.state_dict(),
                 "optimizers": [opt.state_dict() for opt in optimizers],
                 "order_state": order_state,
@@ -259,7 +293,8 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
 
     status = STATUS_DONE
     n_train = len(train_x)
-    num_batches = math.ceil(n_train / cfg.batch_size)
+    global_batch = cfg.batch_size * world
+    num_batches = math.ceil(n_train / global_batch)
     checkpoint_every = cfg.checkpoint_minutes * 60.0
     last_checkpoint = time.monotonic()
     model.train()
@@ -270,14 +305,21 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         permutation = torch.randperm(n_train, generator=order_gen).to(device)
         epoch_start = time.monotonic()
         stats = StepStats(epoch_acc["stats"])
-        bar = _progress(num_batches, next_batch, f"epoch {epoch + 1}/{cfg.epochs}")
+        bar = _progress(num_batches, next_batch, f"epoch {epoch + 1}/{cfg.epochs}", rank)
         while next_batch < num_batches:
-            idx = permutation[next_batch * cfg.batch_size : (next_batch + 1) * cfg.batch_size]
+            step_start = time.perf_counter()
+            idx = permutation[next_batch * global_batch : (next_batch + 1) * global_batch]
+            if group is not None:
+                idx = group.shard(idx)
             x, y = train_x[idx], train_y[idx]
             if augmentation is not None:
                 x = augmentation(x, aug_gen)
             x = preprocess(cfg.dataset, x)
             loss, logits = _train_step(model, optimizer, phase.method, x, y)
+            if group is not None:
+                # All workers see the same gathered coordinates, hence agree.
+                loss = math.nan if optimizer.diverged else loss
+                stats.add(_step_times(optimizer.stats, time.perf_counter() - step_start))
             if not math.isfinite(loss) or loss > cfg.divergence_loss:
                 status = STATUS_DIVERGED
                 log.warning("diverged at epoch %d batch %d: loss %s", epoch + 1, next_batch, loss)
@@ -289,7 +331,11 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
             next_batch += 1
             if bar is not None:
                 bar.update(1)
-            if time.monotonic() - last_checkpoint > checkpoint_every:
+            if (
+                time.monotonic() - last_checkpoint > checkpoint_every
+                if group is None
+                else checkpoint_steps and next_batch % checkpoint_steps == 0
+            ):
                 epoch_acc["seconds"] += time.monotonic() - epoch_start
                 epoch_start = time.monotonic()
                 checkpoint()
@@ -299,6 +345,16 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         if status != STATUS_DONE:
             break
         seconds = epoch_acc["seconds"] + time.monotonic() - epoch_start
+        if group is not None:
+            group.sync_buffers(model)
+            group.check_identical(model, epoch + 1)
+            # Totals over workers; worker 0's clock.
+            acc = [epoch_acc["loss"], epoch_acc["correct"], epoch_acc["seen"], seconds]
+            sums = group.all_gather(torch.tensor(acc, dtype=torch.float64, device=device))
+            loss_sum, correct, seen_all = sums[:, :3].sum(0).tolist()
+            epoch_acc |= {"loss": loss_sum, "correct": correct, "seen": seen_all}
+            seconds = float(sums[0, 3])
+            checkpoint_steps = max(1, int(checkpoint_every * num_batches / max(seconds, 1e-9)))
         elapsed += seconds
         val_loss, val_acc = evaluate(model, val_x, val_y, cfg.dataset, cfg.eval_batch_size)
         seen = max(epoch_acc["seen"], 1)
@@ -313,10 +369,13 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
             "seconds": seconds,
             "images_per_s": seen / seconds if seconds > 0 else math.nan,
         }
+        if group is not None:
+            row |= _distributed_columns(optimizer, stats, world, num_params)
         if not math.isfinite(val_loss):
             status = STATUS_DIVERGED
         rows.append(row)
-        _log_epoch(row, cfg.epochs)
+        if rank == 0:
+            _log_epoch(row, cfg.epochs)
         epoch, next_batch = epoch + 1, 0
         epoch_acc = _new_epoch_accumulator()
         order_state = order_gen.get_state()
@@ -343,6 +402,14 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         "versions": library_versions(),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if group is not None:
+        record |= {
+            "workers": world,
+            "bytes_per_step": optimizers[-1].bytes_per_step,
+            "sgd_bytes_per_step": 4 * num_params,
+        }
+        if not group.is_main:
+            return record
     if status == STATUS_DONE and data.test_x is not None:
         test_loss, test_acc = evaluate(
             model,
@@ -367,6 +434,43 @@ def _method_options(method: str, cfg: TrainConfig) -> dict:
     return {}
 
 
+def _distributed_optimizer(model, cfg: TrainConfig, group):
+    from rbd.distributed import DistributedRBD
+
+    return DistributedRBD(
+        model.parameters(),
+        group,
+        bases=cfg.bases,
+        combine=cfg.combine,
+        loss_limit=cfg.divergence_loss,
+        lr=cfg.lr,
+        dim=cfg.dim,
+        distribution=cfg.distribution,
+        seed=cfg.seed,
+        compartments=cfg.compartments,
+        normalize=cfg.normalize,
+    )
+
+
+def _step_times(stats: dict, step_s: float) -> dict:
+    """A distributed step's wall time, split: the rest of the step is compute
+    (forward, backward, own coordinates and own update)."""
+    comm, regen = stats.get("comm_s", 0.0), stats.get("regen_s", 0.0)
+    return {"step_s": step_s, "compute_s": step_s - comm - regen, "regen_s": regen, "comm_s": comm}
+
+
+def _distributed_columns(optimizer, stats: StepStats, world: int, num_params: int) -> dict:
+    from rbd.distributed import TIMING_COLUMNS
+
+    means = stats.summary(TIMING_COLUMNS)
+    return {
+        "workers": world,
+        "bytes_per_step": optimizer.bytes_per_step,
+        "sgd_bytes_per_step": 4 * num_params,
+        **{name: means[f"{name}_mean"] for name in TIMING_COLUMNS},
+    }
+
+
 def _new_epoch_accumulator() -> dict:
     return {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "stats": {}}
 
@@ -374,6 +478,9 @@ def _new_epoch_accumulator() -> dict:
 def _train_step(model, optimizer, method: str, x, y) -> tuple[float, torch.Tensor]:
     """One optimiser step on (x, y); returns the minibatch loss and logits before the step."""
     optimizer.zero_grad(set_to_none=True)
+    if len(y) == 0:  # a worker's empty share of the last, short global batch
+        optimizer.step(loss=0.0)
+        return 0.0, torch.zeros(0, 10, device=y.device)
     if method == "nes":
         with torch.no_grad():
             logits = model(x)
@@ -388,7 +495,10 @@ def _train_step(model, optimizer, method: str, x, y) -> tuple[float, torch.Tenso
     logits = model(x)
     loss = F.cross_entropy(logits, y)
     loss.backward()
-    optimizer.step()
+    if hasattr(optimizer, "loss_limit"):  # distributed: a diverged worker tells all
+        optimizer.step(loss=loss.item())
+    else:
+        optimizer.step()
     return loss.item(), logits.detach()
 
 
@@ -396,9 +506,9 @@ def _num_coordinates(optimizer, cfg: TrainConfig, num_params: int) -> int:
     return int(getattr(optimizer, "num_coordinates", num_params))
 
 
-def _progress(total: int, done: int, label: str):
+def _progress(total: int, done: int, label: str, rank: int = 0):
     """A tqdm bar on a terminal; None (one log line per epoch instead) in batch jobs."""
-    if not sys.stderr.isatty():
+    if rank != 0 or not sys.stderr.isatty():
         return None
     from tqdm import tqdm
 

@@ -1,0 +1,431 @@
+"""Distributed RBD on ``torch.distributed``: workers exchange only coordinates.
+
+W workers (processes) train one model. At every step each worker takes its
+own minibatch of ``batch_size`` images (the global batch is W x batch_size:
+the same epoch permutation everywhere, split into consecutive global batches,
+worker w taking the w-th of W equal parts), computes its gradient g_w and its
+coordinates c_w = Phi_w g_w in its own bases, and sends c_w in one
+``all_gather``. Every worker then regenerates the other workers' directions
+from their seeds and applies the same total update
+
+    theta <- theta - lr * sum_w Phi_w^T c_w        (``combine="sum"``, default)
+
+summed in rank order, so that the parameters stay bit for bit identical.
+``sum`` is what the authors' Ray code does (each worker's update is applied
+with the full learning rate); with it W workers with d directions each make
+one step that is, in expectation, an RBD step with W x d directions, and a
+run keeps its accuracy per epoch although it takes W times fewer steps.
+``combine="mean"`` divides by W (the learning rate of a one-worker run then
+means the same step length).
+
+Bases (``bases``):
+
+- ``"worker"``: worker w draws d directions from seeds
+  ``(seed, step, compartment, w, i)``; W x d numbers cross the network.
+- ``"shared"``: every worker uses worker 0's directions, so only the summed
+  (or averaged) coordinates need expanding: with ``combine="mean"`` this is
+  exactly single-process RBD on the W x batch_size global batch.
+- ``"split"``: the d directions of worker 0 are split across workers (worker
+  w takes indices ``w*d//W .. (w+1)*d//W``), so the W workers together make
+  one step with d directions and each regenerates d, not W x d.
+
+Batch-norm running statistics (buffers, not parameters) see only the
+worker's own images; they are averaged over the workers at the end of each
+epoch, before evaluation and checkpointing. Once per epoch the workers also
+compare a checksum of parameters and buffers (sum and sum of squares in
+float64) and stop with an error if any worker differs from worker 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from rbd.optim import RBD, Compartment
+from rbd.projection import expand, project
+
+log = logging.getLogger("rbd.distributed")
+
+BASES = ("worker", "shared", "split")
+COMBINE = ("sum", "mean")
+# Per-step means over an epoch (seconds, worker 0), dropped like
+# rbd.train.TIMING_COLUMNS when runs are compared.
+TIMING_COLUMNS = ("step_s", "compute_s", "regen_s", "comm_s")
+BYTES_PER_NUMBER = 4  # float32 coordinates and gradients
+
+
+class Group:
+    """This process's place among the workers, and the few collectives training needs.
+
+    With ``size == 1`` nothing is communicated (no process group is needed).
+    """
+
+    def __init__(self, rank: int, size: int, device: torch.device):
+        if not 0 <= rank < size:
+            raise ValueError(f"Invalid rank {rank} for {size} workers")
+        self.rank, self.size, self.device = rank, size, torch.device(device)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``Tensor[size, *tensor.shape]``, row w from worker w."""
+        if self.size == 1:
+            return tensor.unsqueeze(0).clone()
+        # NCCL gathers only device tensors; the result comes back where it was.
+        local = tensor.to(self.device).contiguous()
+        parts = [torch.empty_like(local) for _ in range(self.size)]
+        dist.all_gather(parts, local)
+        return torch.stack(parts).to(tensor.device)
+
+    def shard(self, indices: torch.Tensor) -> torch.Tensor:
+        """This worker's part of one global batch: the rank-th of W consecutive,
+        equal parts (sizes differ by at most one in the last, shorter batch)."""
+        return torch.tensor_split(indices, self.size)[self.rank]
+
+    def sync_buffers(self, model: torch.nn.Module) -> None:
+        """Average floating-point buffers (batch-norm statistics) over workers,
+        summed in rank order so that every worker gets the same bits."""
+        if self.size == 1:
+            return
+        for buf in model.buffers():
+            if buf.is_floating_point():
+                buf.copy_(self.all_gather(buf).sum(0).div_(self.size))
+
+    def check_identical(self, model: torch.nn.Module, epoch: int) -> None:
+        """Raise if any worker's parameters or buffers differ from worker 0's."""
+        if self.size == 1:
+            return
+        tensors = [t.detach().double() for t in (*model.parameters(), *model.buffers())]
+        total = sum(float(t.sum()) for t in tensors)
+        squares = sum(float(t.square().sum()) for t in tensors)
+        local = torch.tensor([total, squares], dtype=torch.float64, device=self.device)
+        sums = self.all_gather(local).cpu()
+        bad = [w for w in range(self.size) if not torch.equal(sums[w], sums[0])]
+        if bad:
+            raise RuntimeError(
+                f"distributed RBD: after epoch {epoch} the parameters of worker(s) {bad} "
+                f"differ from worker 0's (checksums {sums.tolist()}); the workers no longer "
+                "train the same model"
+            )
+
+
+class DistributedRBD(RBD):
+    r"""RBD over W workers that exchange only their coordinates (see the module docstring).
+
+    Args:
+        params, lr, dim, distribution, seed, normalize, compartments,
+            chunk_size, workers: as for :class:`rbd.optim.RBD`.
+        group: this worker's :class:`Group`.
+        bases: ``"worker"`` (default), ``"shared"`` or ``"split"``.
+        combine: ``"sum"`` (default) or ``"mean"`` of the workers' updates.
+        loss_limit: a minibatch loss above this (or not finite), passed to
+            ``step(loss=...)``, is sent as NaN coordinates, so that every
+            worker sees it and stops (``diverged`` becomes True).
+
+    Every parameter gets the total update, whether or not it has a gradient
+    here (a missing gradient counts as zero): the workers must stay identical.
+    After each step, ``stats`` holds ``grad_corr`` (cosine between the total
+    update and this worker's gradient), ``coord_mean``, ``coord_std`` (over
+    all workers' coordinates), ``comm_s`` and ``regen_s`` (seconds spent in the
+    ``all_gather`` and in regenerating the other workers' directions).
+    """
+
+    def __init__(
+        self,
+        params,
+        group: Group,
+        *,
+        bases: str = "worker",
+        combine: str = "sum",
+        loss_limit: float = math.inf,
+        **kwargs,
+    ):
+        if bases not in BASES:
+            raise ValueError(f"Invalid bases: {bases!r}; choose one of {BASES}")
+        if combine not in COMBINE:
+            raise ValueError(f"Invalid combine: {combine!r}; choose one of {COMBINE}")
+        kwargs.setdefault("worker", group.rank)
+        super().__init__(params, **kwargs)
+        self.group, self.bases, self.combine = group, bases, combine
+        self.loss_limit = loss_limit
+        self.diverged = False
+        if self.workers is None and self.param_groups[0]["params"][0].device.type != "cpu":
+            self.workers = 1
+        if self.workers is None:
+            # Threads per projection fix the summation order: every worker must
+            # use the same count to rebuild the others' updates bit for bit.
+            threads = torch.tensor([torch.get_num_threads()])
+            self.workers = int(group.all_gather(threads).min())
+
+    def share(self, compartment: Compartment, worker: int) -> tuple[int, int, int]:
+        """(seed worker id, first, last + 1 direction index) of ``worker``'s directions."""
+        if self.bases == "worker":
+            return worker, 0, compartment.dim
+        if self.bases == "shared":
+            return 0, 0, compartment.dim
+        w, n, d = worker, self.group.size, compartment.dim
+        return 0, w * d // n, (w + 1) * d // n
+
+    def _width(self, compartment: Compartment) -> int:
+        """Slots for one compartment in each worker's message."""
+        return (
+            math.ceil(compartment.dim / self.group.size)
+            if self.bases == "split"
+            else compartment.dim
+        )
+
+    @property
+    def coordinates_per_worker(self) -> int:
+        return sum(self._width(c) for c in self.compartments)
+
+    @property
+    def bytes_per_step(self) -> int:
+        """Size of the gathered coordinates: W x (numbers per worker) x 4 bytes."""
+        return self.group.size * self.coordinates_per_worker * BYTES_PER_NUMBER
+
+    def _seeds_of(self, compartment: Compartment, step: int, worker: int) -> list[int]:
+        seed_worker, lo, hi = self.share(compartment, worker)
+        return self.seeds(compartment, step, seed_worker)[lo:hi]
+
+    def _expand(self, coords, compartment, step, worker) -> torch.Tensor:
+        u = expand(
+            coords,
+            self._seeds_of(compartment, step, worker),
+            compartment.size,
+            self.distribution,
+            normalize=self.normalize,
+            chunk_size=self.chunk_size,
+            workers=self.workers,
+        )
+        return self._rescale(u, len(coords), compartment)
+
+    def _rescale(self, update, count, compartment) -> torch.Tensor:
+        # Unnormalised updates are divided by the directions used (the engine
+        # divides by this worker's share); a split step has d in all.
+        if not self.normalize and self.bases == "split" and count:
+            update = update * (count / compartment.dim)
+        return update
+
+    @torch.no_grad()
+    def step(self, closure=None, *, loss: float | None = None):
+        if closure is not None:
+            with torch.enable_grad():
+                loss = float(closure())
+        device = self.param_groups[0]["params"][0].device
+        rank, size = self.group.rank, self.group.size
+        widths = [self._width(c) for c in self.compartments]
+        offsets = [sum(widths[:k]) for k in range(len(widths))]
+        message = torch.zeros(sum(widths), dtype=torch.float32, device=device)
+        grads, own = [], {}
+        for gi, group in enumerate(self.param_groups):
+            g = _flat_grads(group["params"])
+            grads.append(g)
+            for comp in self.compartments:
+                if comp.group != gi:
+                    continue
+                seeds = self._seeds_of(comp, group["step"], rank)
+                coords, u = project(
+                    g[comp.start : comp.stop],
+                    seeds,
+                    self.distribution,
+                    normalize=self.normalize,
+                    chunk_size=self.chunk_size,
+                    workers=self.workers,
+                )
+                message[offsets[comp.index] : offsets[comp.index] + len(seeds)] = coords
+                own[comp.index] = self._rescale(u, len(seeds), comp)
+        if loss is not None and not (math.isfinite(loss) and loss <= self.loss_limit):
+            message.fill_(math.nan)
+
+        _sync(device)
+        start = time.perf_counter()
+        gathered = self.group.all_gather(message)  # [W, numbers per worker]
+        _sync(device)
+        comm_s = time.perf_counter() - start
+        if not bool(torch.isfinite(gathered).all()):
+            self.diverged = True
+            self.stats = {"comm_s": comm_s, "regen_s": 0.0}
+            return loss
+
+        start = time.perf_counter()
+        dot = norm_u = norm_g = 0.0
+        for gi, group in enumerate(self.param_groups):
+            g, step, lr = grads[gi], group["step"], group["lr"]
+            update = torch.zeros_like(g)
+            for comp in self.compartments:
+                if comp.group != gi:
+                    continue
+                a = offsets[comp.index]
+                if self.bases == "shared":
+                    total = gathered[0, a : a + comp.dim].clone()
+                    for w in range(1, size):
+                        total.add_(gathered[w, a : a + comp.dim])
+                    u = self._expand(total, comp, step, 0)
+                else:
+                    u = None
+                    for w in range(size):
+                        _, lo, hi = self.share(comp, w)
+                        part = (
+                            own[comp.index]
+                            if w == rank
+                            else self._expand(gathered[w, a : a + hi - lo], comp, step, w)
+                        )
+                        u = part if u is None else u.add_(part)
+                if self.combine == "mean":
+                    u = u.div_(size)
+                update[comp.start : comp.stop] = u
+            offset = 0
+            for p in group["params"]:
+                n = p.numel()
+                p.add_(update[offset : offset + n].view_as(p), alpha=-lr)
+                offset += n
+            group["step"] += 1
+            dot += lr * float(torch.dot(update.double(), g.double()))
+            norm_u += lr * lr * float(update.double().square().sum())
+            norm_g += float(g.double().square().sum())
+        _sync(device)
+        regen_s = time.perf_counter() - start
+        coords = _used(gathered, self, widths, offsets)
+        denom = math.sqrt(norm_u * norm_g)
+        self.stats = {
+            "grad_corr": dot / denom if denom > 0 else float("nan"),
+            "coord_mean": float(coords.mean()) if coords.numel() else float("nan"),
+            "coord_std": float(coords.std()) if coords.numel() > 1 else float("nan"),
+            "comm_s": comm_s,
+            "regen_s": regen_s,
+        }
+        return loss
+
+
+def _flat_grads(params) -> torch.Tensor:
+    parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def _used(gathered, opt: DistributedRBD, widths, offsets) -> torch.Tensor:
+    """All workers' coordinates without the padding slots."""
+    parts = []
+    for w in range(opt.group.size):
+        for comp in opt.compartments:
+            _, lo, hi = opt.share(comp, w)
+            parts.append(gathered[w, offsets[comp.index] : offsets[comp.index] + hi - lo])
+    return torch.cat(parts).float().cpu() if parts else torch.zeros(0)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------------------
+# Launching: under torchrun, or W local processes started here.
+
+
+def under_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def check_config(cfg) -> None:
+    """Settings distributed training supports; ValueError naming the setting otherwise."""
+    if cfg.workers is None or cfg.workers < 1:
+        raise ValueError(f"Invalid workers: {cfg.workers} (must be an integer >= 1)")
+    if cfg.method != "rbd":
+        raise ValueError(f"workers: distributed training supports method 'rbd', not {cfg.method!r}")
+    if cfg.switch != "none":
+        raise ValueError(
+            f"workers: distributed training supports switch 'none', not {cfg.switch!r}"
+        )
+    if cfg.bases not in BASES:
+        raise ValueError(f"Invalid bases: {cfg.bases!r}; choose one of {BASES}")
+    if cfg.combine not in COMBINE:
+        raise ValueError(f"Invalid combine: {cfg.combine!r}; choose one of {COMBINE}")
+
+
+def launch(cfg, out_dir) -> dict:
+    """Train ``cfg`` with ``cfg.workers`` workers; returns worker 0's run.json record.
+
+    Under torchrun (RANK and WORLD_SIZE set) this process is one worker and
+    WORLD_SIZE must equal ``cfg.workers``. Otherwise W > 1 local processes
+    are spawned and joined here (if one fails, the others are stopped and the
+    error is raised here). Backend: NCCL on CUDA, gloo on CPU.
+    """
+    from rbd.train import resolve_device, train
+
+    check_config(cfg)
+    if under_torchrun():
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        if world != cfg.workers:
+            raise ValueError(f"workers={cfg.workers} but torchrun started {world} processes")
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        device = _worker_device(cfg.device, local)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        try:
+            return train(cfg, out_dir, group=Group(rank, world, device))
+        finally:
+            dist.destroy_process_group()
+    if cfg.workers == 1:
+        return train(cfg, out_dir, group=Group(0, 1, resolve_device(cfg.device)))
+
+    import json
+
+    import torch.multiprocessing as mp
+
+    rendezvous = tempfile.mkdtemp(prefix="rbd-rendezvous-")
+    try:
+        mp.start_processes(
+            _spawned,
+            args=(cfg, str(out_dir), os.path.join(rendezvous, "store"), logging.root.level),
+            nprocs=cfg.workers,
+            join=True,
+            start_method="spawn",
+        )
+    finally:
+        shutil.rmtree(rendezvous, ignore_errors=True)
+    from rbd.train import RUN_JSON
+
+    return json.loads((Path(out_dir) / RUN_JSON).read_text())
+
+
+def _worker_device(name: str, local_rank: int) -> torch.device:
+    from rbd.train import resolve_device
+
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def _spawned(rank: int, cfg, out_dir: str, store: str, level: int) -> None:
+    """One spawned worker: join the group through a file store, train, leave."""
+    from rbd.train import train
+
+    logging.basicConfig(
+        level=level if rank == 0 else max(level, logging.WARNING),
+        format=f"%(asctime)s %(levelname)s [worker {rank}] %(message)s",
+    )
+    if cfg.threads is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(max(1, (cores or 1) // cfg.workers))
+    device = _worker_device(cfg.device, rank)
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo",
+        init_method=f"file://{store}",
+        rank=rank,
+        world_size=cfg.workers,
+    )
+    try:
+        train(cfg, out_dir, group=Group(rank, cfg.workers, device))
+    finally:
+        dist.destroy_process_group()
