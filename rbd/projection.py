@@ -164,9 +164,13 @@ def generate_directions(
     return _fill(scratch, list(seeds), distribution)[:, :size].to(dtype=dtype, copy=True)
 
 
-def default_chunk_size(size: int) -> int:
-    """Directions per chunk so that one chunk of float32 rows fits ``L2_BYTES``."""
-    return max(1, L2_BYTES // (4 * row_width(max(size, 1))))
+def default_chunk_size(size: int, distribution: str = "gaussian") -> int:
+    """Directions per chunk: a chunk of float32 rows fills ``L2_BYTES``, or 4x
+    that for sign distributions, whose rows are so cheap to draw that per-op
+    overhead outweighs cache misses (rademacher at D = 101,770, d = 250:
+    9 ms with 20-row chunks against 11 ms with 5-row ones)."""
+    budget = L2_BYTES if distribution in ("gaussian", "uniform") else 4 * L2_BYTES
+    return max(1, budget // (4 * row_width(max(size, 1))))
 
 
 class _Workers:
@@ -248,7 +252,7 @@ def project(
     size, dim = grad.numel(), len(seeds)
     device = grad.device
     g = grad.detach().to(torch.float32)
-    chunk = chunk_size or default_chunk_size(size)
+    chunk = chunk_size or default_chunk_size(size, distribution)
     starts = list(range(0, dim, chunk))
     if workers is None:
         workers = torch.get_num_threads() if device.type == "cpu" else 1
@@ -308,7 +312,7 @@ def expand(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     dim, device = len(seeds), coords.device
     c_all = coords.detach().to(torch.float32)
-    chunk = chunk_size or default_chunk_size(size)
+    chunk = chunk_size or default_chunk_size(size, distribution)
     starts = list(range(0, dim, chunk))
     if workers is None:
         workers = torch.get_num_threads() if device.type == "cpu" else 1

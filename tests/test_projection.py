@@ -9,6 +9,7 @@ import torch
 from rbd.projection import (
     DISTRIBUTIONS,
     direction_seed,
+    expand,
     generate_directions,
     project,
     step_seeds,
@@ -193,3 +194,15 @@ def test_worker_threads_do_not_change_the_result(distribution):
     assert rel_err(three[1], one[1]) < 1e-6
     again = project(g, seeds, distribution, chunk_size=4, workers=3)
     assert torch.equal(again[1], three[1])
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_expand_rebuilds_the_update_from_coordinates(distribution):
+    torch.manual_seed(4)
+    g = torch.randn(7000)
+    seeds = seeds_for(40, seed=6)
+    coords, update = project(g, seeds, distribution)
+    assert torch.equal(expand(coords, seeds, g.numel(), distribution), update)
+    c = torch.randn(40, dtype=torch.float64)
+    phi = generate_directions(seeds, g.numel(), distribution).double() / math.sqrt(g.numel())
+    assert rel_err(expand(c.float(), seeds, g.numel(), distribution), phi.t() @ c) < 1e-5
