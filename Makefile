@@ -30,6 +30,12 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken"; exit 1; fi; \
 	exit $$rc
 
+# A real one-node SLURM cluster on this machine (root; installs slurm and munge
+# when missing) runs a cut-down Table 1 through profiles/slurm (tests/cluster/).
+test-cluster: $(STAMP)
+	@test "$$(id -u)" -eq 0 || { echo "make test-cluster starts SLURM daemons: run it as root"; exit 1; }
+	RBD_CLUSTER_TEST=1 $(PY) -m pytest -q -rP -p no:cacheprovider tests/cluster
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rbd tests benchmarks
 	$(VENV)/bin/ruff format --check rbd tests benchmarks
