@@ -268,8 +268,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, group=None) -> dict:
         if group is not None:  # every worker's own streams and sums; worker 0 writes
             acc = [epoch_acc["loss"], epoch_acc["correct"], epoch_acc["seen"]]
             extra = {
-                "aug_states": list(group.all_gather(aug_gen.get_state()).cpu()),
-                "worker_acc": list(group.all_gather(torch.tensor(acc, dtype=torch.float64))),
+                # One tensor per worker, each its own storage: set_state
+                # ignores a view's storage offset.
+                "aug_states": [s.clone() for s in group.all_gather(aug_gen.get_state()).cpu()],
+                "worker_acc": [s.clone() for s in group.all_gather(torch.tensor(acc).double())],
                 "checkpoint_steps": checkpoint_steps,
             }
             if not group.is_main:
