@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -113,10 +112,19 @@ def peak_rss_child(method: str, size: int, dim: int) -> None:
     # Reset the kernel's peak-RSS mark so that only the step's peak counts.
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _vm_hwm_kib()
     opt.step()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print((after - before) / 1024)  # ru_maxrss is in KiB on Linux
+    print((_vm_hwm_kib() - before) / 1024)
+
+
+def _vm_hwm_kib() -> int:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: after exec that also
+    holds the parent's RSS at fork time, which can hide the step's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def memory(size: int, dim: int) -> None:

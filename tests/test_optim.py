@@ -339,8 +339,12 @@ def test_param_groups_and_parameters_without_gradients():
 
 
 PEAK_RSS_CHILD = """
-import resource, sys, torch
+import sys, torch
 from rbd.optim import RBD
+def vm_hwm_kib():  # peak RSS of this process (ru_maxrss also holds the parent's)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
 size, method = 1_000_000, sys.argv[1]
 param = torch.nn.Parameter(torch.randn(size))
 param.grad = torch.randn(size)
@@ -350,9 +354,9 @@ else:
     opt = RBD([param], lr=0.1, dim=1000, distribution=method)
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # reset the peak-RSS mark: only the step's peak counts
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = vm_hwm_kib()
 opt.step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+print(vm_hwm_kib() - before)
 """
 
 
@@ -368,5 +372,6 @@ def test_rbd_adds_little_peak_memory_at_a_million_parameters():
             timeout=120,
         )
         growth[method] = int(out.stdout.split()[-1]) / 1024  # KiB -> MiB
-    # A materialised 1000 x 10^6 float32 matrix alone would be 4000 MB.
-    assert growth["gaussian"] - growth["sgd"] < 150
+    # A materialised 1000 x 10^6 float32 matrix alone would be 4000 MB; the
+    # step needs a few D-vectors (flat gradient, update, per-worker parts).
+    assert 4 < growth["gaussian"] - growth["sgd"] < 150
