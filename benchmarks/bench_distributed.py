@@ -49,13 +49,15 @@ def _run(group: Group, bases: str, dim: int, steps: int, warmup: int = 3) -> dic
     gen = torch.Generator().manual_seed(group.rank)
     x = torch.rand(BATCH, 1, 28, 28, generator=gen)
     y = torch.randint(0, 10, (BATCH,), generator=gen)
-    totals = {"step_s": 0.0, "comm_s": 0.0, "regen_s": 0.0}
+    totals = {"step_s": 0.0, "comm_s": 0.0, "regen_s": 0.0, "fb_s": 0.0}
     for i in range(warmup + steps):
         start = time.perf_counter()
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
+        backward = time.perf_counter()
         opt.step()
         if i >= warmup:
+            totals["fb_s"] += backward - start
             totals["step_s"] += time.perf_counter() - start
             totals["comm_s"] += opt.stats["comm_s"]
             totals["regen_s"] += opt.stats["regen_s"]
@@ -71,7 +73,7 @@ def _collectives(dim: int, size: int, repeats: int = 50) -> dict:
     """Seconds per all_gather of d floats and per all_reduce of D floats."""
     out = {}
     for name, numel, fn in (
-        ("all_gather_d_s", dim, lambda t: dist.all_gather([torch.empty_like(t)] * 2, t)),
+        ("all_gather_d_s", dim, lambda t: dist.all_gather([torch.empty_like(t) for _ in "ab"], t)),
         ("all_reduce_D_s", size, dist.all_reduce),
     ):
         t = torch.ones(numel)
@@ -127,11 +129,11 @@ def main() -> int:
     print(f"fc, D = {one['num_params']:,}, d = {args.dim}, batch {BATCH} per worker, "
           f"1 thread per worker, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")  # fmt: skip
     print()
-    print("| W | bases | ms/step | compute | regen | comm | images/s | bytes/step | SGD bytes |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| W | bases | ms/step | fwd+bwd | compute | regen | comm | img/s | bytes | SGD bytes |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['workers']} | {r['bases']} | {1e3 * r['step_s']:.1f} | "
+            f"| {r['workers']} | {r['bases']} | {1e3 * r['step_s']:.1f} | {1e3 * r['fb_s']:.1f} | "
             f"{1e3 * r['compute_s']:.1f} | {1e3 * r['regen_s']:.1f} | {1e3 * r['comm_s']:.2f} | "
             f"{r['workers'] * BATCH / r['step_s']:.0f} | {r['bytes_per_step']:,} | "
             f"{r['sgd_bytes_per_step']:,} |"
@@ -141,14 +143,15 @@ def main() -> int:
     print(f"all_gather of d = {args.dim} floats (2 workers): {gather_ms:.3f} ms; "
           f"all_reduce of D floats: {reduce_ms:.3f} ms")  # fmt: skip
 
-    # Model: a worker's step is its forward/backward, the directions it draws
-    # (own projection plus regeneration, at the cost per direction measured
-    # for regenerating one other worker's d directions at W = 2), and the
-    # all_gather (latency + bytes at the bandwidth of the D-float all-reduce).
-    t_gen = next(r for r in two["rows"] if r["bases"] == "worker")["regen_s"] / args.dim
-    t_fb = max(one["step_s"] - args.dim * t_gen, 0.0)
+    # Model (each worker on its own cores, as on a cluster): a step is the
+    # forward/backward and the directions the worker draws (own projection
+    # plus regeneration), both timed at W = 1, and the all_gather (latency
+    # per doubling, plus bytes at the bandwidth a ring all-reduce of D
+    # floats shows, 2 x D x 4 bytes sent).
+    t_fb = one["fb_s"]
+    t_gen = (one["step_s"] - t_fb - one["comm_s"]) / args.dim
     latency = coll["all_gather_d_s"]
-    bandwidth = 2 * 4 * one["num_params"] / max(coll["all_reduce_D_s"] - latency, 1e-9)
+    bandwidth = 2 * 4 * one["num_params"] / coll["all_reduce_D_s"]
     drawn = {"worker": lambda w: w * args.dim, "shared": lambda w: (2 if w > 1 else 1) * args.dim,
              "split": lambda w: args.dim}  # fmt: skip
     print()
