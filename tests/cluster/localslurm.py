@@ -58,6 +58,7 @@ class LocalSlurm:
         self.host = socket.gethostname().split(".")[0]
         self.conf = self.root / "slurm.conf"
         self.procs: dict[str, subprocess.Popen] = {}
+        self.leftovers: list[str] = []  # job processes that outlived the cluster
 
     def env(self) -> dict[str, str]:
         path = f"{self.root / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}"
@@ -204,6 +205,28 @@ class LocalSlurm:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+        # Anything still carrying this cluster's SLURM_CONF was started by its jobs.
+        for pid, cmdline in self.job_processes():
+            self.leftovers.append(f"{pid} {cmdline}")
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def job_processes(self) -> list[tuple[int, str]]:
+        """(pid, command line) of every process whose environment names this slurm.conf."""
+        marker = f"SLURM_CONF={self.conf}".encode()
+        found = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+                continue
+            try:
+                if marker in (proc / "environ").read_bytes().split(b"\0"):
+                    cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+                    found.append((int(proc.name), cmdline.decode(errors="replace")[:200]))
+            except OSError:
+                continue
+        return found
 
 
 def _exit_on_sigterm(signum, frame):

@@ -92,6 +92,7 @@ def cluster():
             yield slurm
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    assert not slurm.leftovers, "job processes outlived the cluster:\n" + "\n".join(slurm.leftovers)
     alive = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
     assert not alive, f"daemons still running after stop: {alive}"
     left = subprocess.run(["pgrep", "-a", "slurmstepd"], capture_output=True, text=True).stdout
