@@ -12,10 +12,13 @@ those bits with exact integer and float operations.
 Layout of one direction of length D: a row of W = 64 * ceil(D / 64) values
 of which the first D are used.
 
-- gaussian: W / 2 int64 draws, seen as W int32 words; word j < W/2 gives the
-  radius and word W/2 + j the angle of one Box-Muller pair, whose cosine
-  value lands at j and sine value at W/2 + j. Uniforms carry 23 random bits,
-  so |z| < 5.64 (the tail beyond has mass 2e-8).
+- gaussian: W / 4 int64 draws, seen as W little-endian 16-bit words; word t
+  indexes value t in a table of the 2^16 equiprobable normal quantiles
+  Phi^-1((u + 1/2) / 2^16), rescaled to unit variance. A table look-up costs
+  a third of Box-Muller's log, cos and sin (which made the Gaussian step
+  barely faster than a plain ``torch.randn``); the price is a distribution
+  quantised to 65,536 levels and truncated at 4.42 sigma (mass beyond it:
+  1e-5), which changes no moment that random bases depend on.
 - uniform: W / 2 int64 draws, one 32-bit word (23 bits used) per value.
 - rademacher, bernoulli-official: W / 64 int64 draws, one bit per value
   (bit t of int32 word k gives value 32 k + t).
@@ -87,11 +90,32 @@ class _Scratch:
 
     def __init__(self, rows: int, width: int, device: torch.device):
         self.block = torch.empty(rows, width, dtype=torch.float32, device=device)
-        self.temp = torch.empty(rows, width // 2, dtype=torch.float32, device=device)
         self.bits = torch.empty(rows, width // 64, dtype=torch.int64, device=device)
         self.generator = torch.Generator(device=device)
         self.shifts = torch.arange(31, -1, -1, dtype=torch.int32, device=device)
-        self.two = torch.tensor(2.0, device=device)
+        self.halfwords = torch.empty(rows, width // 4, dtype=torch.int64, device=device)
+        self.index = torch.empty(rows, width, dtype=torch.int32, device=device)
+        self.quantiles = normal_quantile_table(device)
+
+
+QUANTILE_BITS = 16
+_QUANTILE_TABLES: dict[torch.device, torch.Tensor] = {}
+
+
+def normal_quantile_table(device: torch.device | str | None = None) -> torch.Tensor:
+    """The 2^16 equiprobable standard-normal quantiles, scaled to unit variance (float32).
+
+    Entry u is Phi^-1((u + 1/2) / 2^16) computed in float64; the table is
+    symmetric, so its mean is zero exactly.
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device not in _QUANTILE_TABLES:
+        levels = 1 << QUANTILE_BITS
+        p = (torch.arange(levels, dtype=torch.float64) + 0.5) / levels
+        q = torch.special.ndtri(p)
+        q = q / q.square().mean().sqrt()
+        _QUANTILE_TABLES[device] = q.to(device=device, dtype=torch.float32)
+    return _QUANTILE_TABLES[device]
 
 
 def _fill(scratch: _Scratch, seeds, distribution: str) -> torch.Tensor:
@@ -100,7 +124,16 @@ def _fill(scratch: _Scratch, seeds, distribution: str) -> torch.Tensor:
     block = scratch.block[:k]
     width = block.shape[1]
     gen = scratch.generator
-    if distribution in ("gaussian", "uniform"):
+    if distribution == "gaussian":
+        words = scratch.halfwords[:k]
+        for i, s in enumerate(seeds):
+            gen.manual_seed(int(s))
+            words[i].random_(_INT64_MIN, None, generator=gen)
+        index = scratch.index[:k]
+        index.copy_(words.view(torch.int16)).bitwise_and_(0xFFFF)
+        torch.index_select(scratch.quantiles, 0, index.view(-1), out=block.view(-1))
+        return block
+    if distribution == "uniform":
         words = block.view(torch.int64)
         for i, s in enumerate(seeds):
             gen.manual_seed(int(s))
@@ -108,18 +141,7 @@ def _fill(scratch: _Scratch, seeds, distribution: str) -> torch.Tensor:
         # 23 random mantissa bits under the exponent of 1.0: a float in
         # [1, 2) without an integer-to-float conversion.
         block.view(torch.int32).bitwise_and_(_MANTISSA).bitwise_or_(_ONE)
-        if distribution == "uniform":
-            return block.mul_(2.0).sub_(3.0)
-        half = width // 2
-        radius, angle = block[:, :half], block[:, half:]
-        # 2 - u lies in (0, 1], so the log is finite and <= 0.
-        torch.sub(scratch.two, radius, out=radius)
-        radius.log_().mul_(-2.0).sqrt_()
-        angle.mul_(2.0 * math.pi)
-        cosine = torch.cos(angle, out=scratch.temp[:k])
-        angle.sin_().mul_(radius)
-        radius.mul_(cosine)
-        return block
+        return block.mul_(2.0).sub_(3.0)
     if distribution in ("rademacher", "bernoulli-official"):
         bits = scratch.bits[:k]
         for i, s in enumerate(seeds):

@@ -141,18 +141,33 @@ def raw_words(seed, count):
     return torch.empty(count, dtype=torch.int64).random_(-(2**63), None, generator=gen).numpy()
 
 
-def test_gaussian_rows_follow_box_muller_on_the_raw_bits():
-    """A float64 NumPy Box-Muller from the same 64-bit draws, per the layout."""
+def test_gaussian_rows_are_normal_quantiles_of_the_raw_bits():
+    """Value t = the (u + 1/2) / 2^16 normal quantile of 16-bit word t, from Python's
+    own inverse CDF (statistics.NormalDist), rescaled to unit variance."""
+    from statistics import NormalDist
+
     size = 1000
     width = 1024  # 64 * ceil(size / 64)
     seed = direction_seed(1, 2, 3, 4, 5)
-    words = raw_words(seed, width // 2).view(np.uint32).astype(np.float64)
-    u = 1.0 + np.floor(np.mod(words, 2**23)) / 2**23  # 23 low bits -> [1, 2)
-    radius = np.sqrt(-2.0 * np.log(2.0 - u[: width // 2]))
-    angle = 2.0 * np.pi * u[width // 2 :]
-    expected = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:size]
+    halfwords = raw_words(seed, width // 4).view("<u2")
+    levels = 2**16
+    quantiles = np.array([NormalDist().inv_cdf((u + 0.5) / levels) for u in range(levels)])
+    quantiles /= np.sqrt(np.mean(quantiles**2))
+    expected = quantiles[halfwords][:size]
     got = generate_directions([seed], size, "gaussian")[0].double().numpy()
     assert np.max(np.abs(got - expected)) < 1e-5
+
+
+def test_gaussian_is_close_to_normal_in_distribution():
+    """Kolmogorov-Smirnov distance to N(0, 1) over 10^6 draws is at the sampling-noise level."""
+    from statistics import NormalDist
+
+    x = np.sort(
+        generate_directions(seeds_for(10, seed=5), 100_000, "gaussian").double().numpy().ravel()
+    )
+    cdf = np.array([NormalDist().cdf(v) for v in x[::97]])
+    empirical = (np.arange(len(x))[::97] + 0.5) / len(x)
+    assert np.max(np.abs(cdf - empirical)) < 2.0 / np.sqrt(len(x))
 
 
 @pytest.mark.parametrize("distribution", ["rademacher", "bernoulli-official"])
