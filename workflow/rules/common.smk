@@ -29,6 +29,10 @@ _USE_CONDA = "conda" in {
     for m in workflow.deployment_settings.deployment_method
 }
 PYTHON = "python" if _USE_CONDA else shlex.quote(sys.executable)
+# Jobs import the rbd package that sits beside this Snakefile, whatever else is installed.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])
+)
 # Shared cluster storage: RBD_DATA_DIR overrides the config's data_dir.
 DATA_DIR = os.environ.get("RBD_DATA_DIR") or config.get("data_dir", "resources/data")
 # Data sets that ship inside a package and need no download step.
