@@ -42,7 +42,7 @@ onsuccess:
 
 
 onerror:
-    from rbd.logs import failed_job_logs
+    from rbd.workflow import failed_job_logs
 
     failed = failed_job_logs("logs", since=WORKFLOW_START)
     print(

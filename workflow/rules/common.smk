@@ -14,6 +14,7 @@ from rbd.config import (
     validate_config,
 )
 from rbd.runs import parse_run_key
+from rbd.workflow import import_package_from
 
 try:
     validate_config(
@@ -30,9 +31,7 @@ _USE_CONDA = "conda" in {
 }
 PYTHON = "python" if _USE_CONDA else shlex.quote(sys.executable)
 # Jobs import the rbd package that sits beside this Snakefile, whatever else is installed.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])
-)
+import_package_from(workflow.basedir)
 # Shared cluster storage: RBD_DATA_DIR overrides the config's data_dir.
 DATA_DIR = os.environ.get("RBD_DATA_DIR") or config.get("data_dir", "resources/data")
 # Data sets that ship inside a package and need no download step.

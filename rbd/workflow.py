@@ -1,7 +1,8 @@
-"""Finding the logs of the jobs that failed, so the workflow's error message can point at them."""
+"""Support for the Snakemake workflow: which package its jobs import, which logs to show on failure."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 FAILURE_MARKERS = ("Traceback (most recent call last)", "Error:", "error:")
@@ -21,3 +22,10 @@ def failed_job_logs(log_dir: str | Path = "logs", since: float = 0.0) -> list[Pa
         if any(marker in text for marker in FAILURE_MARKERS):
             found.append((stat.st_mtime, path))
     return [path for _, path in sorted(found, reverse=True)]
+
+
+def import_package_from(basedir: str | Path) -> None:
+    """Make jobs started from now on import the rbd package in `basedir` (the workflow's
+    checkout), ahead of any other installed copy."""
+    current = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(basedir), current]))
