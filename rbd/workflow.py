@@ -1,4 +1,4 @@
-"""Support for the Snakemake workflow: which package its jobs import, which logs to show on failure."""
+"""Support for the Snakemake workflow: the package its jobs import, the logs shown on failure."""
 
 from __future__ import annotations
 
