@@ -17,6 +17,7 @@ def test_diverged_run_is_marked_in_the_built_table(tmp_path):
     config["learning_rates"]["rbd"]["fc-mnist5k"] = 1.0e12
     config["experiments"] = {
         "table1": {
+            "kind": "method_table",
             "models": ["fc"],
             "datasets": ["mnist5k"],
             "methods": ["sgd", "rbd"],
@@ -52,7 +53,12 @@ def test_failing_job_is_reported_with_its_log(tmp_path):
     config |= {"preset": "failure-test", "device": "cuda"}
     config["defaults"] |= {"epochs": 1, "seeds": [0]}
     config["experiments"] = {
-        "table1": {"models": ["fc"], "datasets": ["mnist5k"], "methods": ["sgd"]}
+        "table1": {
+            "kind": "method_table",
+            "models": ["fc"],
+            "datasets": ["mnist5k"],
+            "methods": ["sgd"],
+        }
     }
     path = tmp_path / "fail.yaml"
     path.write_text(yaml.safe_dump(config))
