@@ -39,7 +39,7 @@ def test_diverged_run_is_marked_in_the_built_table(tmp_path):
     ]
     header, row = lines[0].split("|"), lines[-1].split("|")
     cells = {name.strip(): cell.strip() for name, cell in zip(header, row, strict=True)}
-    assert cells["RBD"] == "diverged"
+    assert cells["RBD"].startswith("diverged")
     assert cells["SGD"].split()[0].replace(".", "").isdigit()
 
 
