@@ -32,6 +32,10 @@ class RunSpec:
     switch: str = "none"
     sgd_lr: float | None = None
     nes_sigma: float = 0.01
+    # Distributed RBD (rbd.distributed); None: one process, no process group.
+    workers: int | None = None
+    bases: str = "worker"
+    combine: str = "sum"
 
     @property
     def key(self) -> str:
@@ -65,6 +69,9 @@ _OPTION_TOKENS = {
     "switch": "sw",
     "sgd_lr": "slr",
     "nes_sigma": "sig",
+    "workers": "w",
+    "bases": "bases",
+    "combine": "comb",
 }
 _ESCAPES = (("_", "+"), (":", "@"))
 _HEAD = re.compile(r"^d(?P<dim>\d+)_(?P<distribution>[a-z0-9-]+)$")

@@ -52,10 +52,6 @@ class TrainConfig(RunSpec):
     divergence_loss: float = 1e3
     train_limit: int | None = None
     eval_batch_size: int = 1000
-    # Distributed RBD (rbd.distributed); None: one process, no process group.
-    workers: int | None = None
-    bases: str = "worker"
-    combine: str = "sum"
 
     @property
     def spec(self) -> RunSpec:

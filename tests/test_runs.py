@@ -18,6 +18,7 @@ BASE = RunSpec("rbd", "fc", "mnist5k", 250, "gaussian", 2**-5, 5, 0)
         {"switch": "sgd_first:3", "sgd_lr": 0.0625},
         {"method": "nes", "nes_sigma": 0.05, "lr": 3.0517578125e-05},
         {"seed": 17, "batch_size": 128, "epochs": 100},
+        {"workers": 4, "bases": "split", "combine": "mean"},
     ],
 )
 def test_key_round_trip(changes):
