@@ -22,6 +22,42 @@ of which the first D are used.
 - uniform: W / 2 int64 draws, one 32-bit word (23 bits used) per value.
 - rademacher, bernoulli-official: W / 64 int64 draws, one bit per value
   (bit t of int32 word k gives value 32 k + t).
+
+Structured distributions (``STRUCTURED``: srht, fastfood) are not drawn row
+by row: Phi is a stack of blocks, each built from N x N Walsh-Hadamard
+transforms, N = the next power of two >= D: a vector of length D is
+placed in N slots (``placement(D)``, a fixed random D-subset, the rest
+zero) and the columns of a block are its columns at those slots.
+Directions ``[b N, (b + 1) N)`` form block b, and block b is a pure
+function of its first seed ``seeds[b * N]``, D and the device type; row j
+of block b also does not depend on how many rows the block has. So with
+``step_seeds``, block b of step t is a pure function of
+``direction_seed(seed, t, compartment, worker, b * N)``. Within a block,
+from the sub-seeds ``_sub_seed(s_b, part)``:
+
+- srht: rows ``r_j`` of ``H B`` (H the +-1 Hadamard matrix in Sylvester
+  order, B = diag of N random signs from part 0, drawn as a rademacher row),
+  the r_j sampled without replacement by a Fisher-Yates shuffle of [0, N)
+  driven by CPU int64 words from part 3 (the first rows of the shuffle, so
+  row j does not depend on the block's row count).
+- fastfood (Le et al. 2013): rows j = 0, 1, ... of
+  ``V = S H G Pi H B / sqrt(N)``: B signs (part 0), G = diag of N gaussian
+  draws (part 1), Pi a random permutation (``torch.randperm`` on a CPU
+  generator, part 3: ``(Pi y)_j = y_{perm_j}``), S_jj = s_j / ||G|| with s_j
+  a chi_N draw, approximated by the normal with chi_N's mean and variance
+  (gaussian draws from part 2; E[s_j^2] = N exactly).
+
+Both raw rows have E[phi phi^T] = I_D, as the dense distributions do (an
+srht row is +-1 everywhere; a fastfood entry is N(0, 1) given the signs and
+the permutation, with unit second moment after S), so the same scaling
+(``raw / sqrt(D)``, or the update divided by d) gives updates of the same
+expected size as Gaussian bases. Rows within a block are orthogonal on all
+N slots and nearly orthogonal on the D used ones: inner products of
+normalised rows have rms sqrt((N - D) / N) / sqrt(D) (srht) and about
+sqrt((N + D) / N) / sqrt(D) (fastfood, from its shared G), against
+1 / sqrt(D) for Gaussian rows; blocks are independent.
+``project`` and ``expand`` apply Phi and Phi^T as transforms, O(N log N)
+per block whatever the number of rows, never materialising a row.
 """
 
 from __future__ import annotations
@@ -35,7 +71,9 @@ from queue import SimpleQueue
 
 import torch
 
-DISTRIBUTIONS = ("gaussian", "uniform", "rademacher", "bernoulli-official")
+DENSE = ("gaussian", "uniform", "rademacher", "bernoulli-official")
+STRUCTURED = ("srht", "fastfood")
+DISTRIBUTIONS = DENSE + STRUCTURED
 
 # Bytes of directions generated at once per worker: one core's L2 cache
 # (2 MiB here), so a chunk is still cached when it is used for c = Phi g and
@@ -164,6 +202,233 @@ def _check(distribution: str) -> None:
         raise ValueError(f"unknown distribution {distribution!r}; choose one of {DISTRIBUTIONS}")
 
 
+# ---------------------------------------------------------------------------
+# Structured bases (srht, fastfood): Phi applied as fast transforms.
+
+
+def padded_size(size: int) -> int:
+    """N: the power of two (>= 1) to which structured bases pad a vector of length ``size``."""
+    return 1 << max(size - 1, 0).bit_length()
+
+
+def fwht(x: torch.Tensor) -> torch.Tensor:
+    """The unnormalised Walsh-Hadamard transform ``x H`` along the last dimension.
+
+    H is the N x N +-1 Hadamard matrix in Sylvester order (H_1 = [1],
+    H_2n = [[H_n, H_n], [H_n, -H_n]]); N, the last dimension, must be a power
+    of two. log2(N) butterfly stages, each two elementwise ops on reshaped
+    views (no reductions, so the result does not depend on the thread count).
+    Returns a new tensor of x's shape; any device.
+    """
+    n = x.shape[-1]
+    if n & (n - 1):
+        raise ValueError(f"fwht needs a power-of-two length, got {n}")
+    a = x.reshape(-1, n).clone()
+    b = torch.empty_like(a)
+    h = 1
+    while h < n:
+        src = a.view(-1, n // (2 * h), 2, h)
+        dst = b.view(-1, n // (2 * h), 2, h)
+        torch.add(src[:, :, 0], src[:, :, 1], out=dst[:, :, 0])
+        torch.sub(src[:, :, 0], src[:, :, 1], out=dst[:, :, 1])
+        a, b = b, a
+        h *= 2
+    return a.view(x.shape)
+
+
+def _fold(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Sum the last dimension's aligned segments of length ``width`` (a power of
+    two dividing it) by pairwise halving: the same bits for any thread count."""
+    while x.shape[-1] > width:
+        half = x.shape[-1] // 2
+        x = x[..., :half] + x[..., half:]
+    return x
+
+
+def fwht_head(x: torch.Tensor, count: int) -> torch.Tensor:
+    """The first ``count`` entries of ``fwht(x)``, in O(N + K log K), K = padded_size(count).
+
+    Sylvester order makes H_N = H_{N/K} (x) H_K, and the first K rows of
+    H_{N/K} are all ones: fold x to length K, then transform.
+    """
+    return fwht(_fold(x, min(padded_size(count), x.shape[-1])))[..., :count]
+
+
+def fwht_tail(head: torch.Tensor, n: int) -> torch.Tensor:
+    """``fwht(z)`` for a z of length n that is zero after its first K = head's length
+    entries (a power of two): the transform of the head, tiled n / K times."""
+    return fwht(head).repeat(*([1] * (head.dim() - 1)), n // head.shape[-1])
+
+
+def _sub_seed(seed: int, part: int) -> int:
+    return _mix((seed, part)) >> 1
+
+
+def _shuffled_prefix(seed: int, n: int, count: int) -> list[int]:
+    """The first ``count`` entries of a Fisher-Yates shuffle of range(n), in O(count).
+
+    Word i (CPU int64 draws, seeded ``seed``) picks entry i among the
+    n - i not yet taken; the modulo bias is below n / 2^63.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    words = torch.empty(count, dtype=torch.int64).random_(_INT64_MIN, None, generator=gen)
+    moved: dict[int, int] = {}
+    out = []
+    for i, w in enumerate(words.tolist()):
+        j = i + w % (n - i)
+        out.append(moved.get(j, j))
+        moved[j] = moved.get(i, i)
+    return out
+
+
+# Seed of the fixed placement of D coordinates among N slots (any constant).
+PLACEMENT_SEED = 0x5EED
+_PLACEMENTS: dict[tuple[int, torch.device], torch.Tensor | None] = {}
+
+
+def placement(size: int, device: torch.device | str | None = None) -> torch.Tensor | None:
+    """Where the D entries of a vector go in the padded length N: sorted, fixed per D.
+
+    A uniformly random D-subset of [0, N) drawn once from ``PLACEMENT_SEED``
+    and D (None when D = N: the identity). Zero-padding at the end instead
+    would keep only the first D columns of H, and two Hadamard rows r, r'
+    then have the inner product sum_{k < D} H_{r xor r', k}, large for the few
+    r xor r' whose set bits are all high (0.64 D for r xor r' = N/2 at
+    D = 20,000): such pairs of SRHT directions would be strongly correlated
+    whatever the random signs (they cancel in a product of two rows). Over a
+    random subset these sums are O(sqrt(D)), as for Gaussian rows.
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    key = (size, device)
+    if key not in _PLACEMENTS:
+        n = padded_size(size)
+        if n == size:
+            _PLACEMENTS[key] = None
+        else:
+            gen = torch.Generator().manual_seed(_mix((PLACEMENT_SEED, size)) >> 1)
+            chosen = torch.randperm(n, generator=gen)[:size].sort().values
+            _PLACEMENTS[key] = chosen.to(device)
+    return _PLACEMENTS[key]
+
+
+def _chi_mean(n: int) -> float:
+    """E[chi_n] = sqrt(2) Gamma((n + 1) / 2) / Gamma(n / 2)."""
+    return math.sqrt(2.0) * math.exp(math.lgamma((n + 1) / 2) - math.lgamma(n / 2))
+
+
+class StructuredBlocks:
+    """The random factors of a structured Phi with one row per seed (see the module docstring).
+
+    ``n`` (N), ``rows`` (rows per block, min(d, N); the last block uses only
+    its first ``d - (blocks - 1) N``), ``signs`` [blocks, N] (B, or SRHT's
+    signs), and per distribution: ``selected`` [blocks, rows] int64 (srht:
+    the rows of H B), or ``gaussian`` [blocks, N] (G), ``perm`` [blocks, N]
+    int64 (Pi) and ``row_scale`` [blocks, rows] (S_jj / sqrt(N)) for fastfood.
+    """
+
+    def __init__(self, seeds, size: int, distribution: str, device: torch.device):
+        if distribution not in STRUCTURED:
+            raise ValueError(f"{distribution!r} is not a structured distribution {STRUCTURED}")
+        seeds = [int(s) for s in seeds]
+        self.distribution, self.size, self.dim = distribution, size, len(seeds)
+        self.n = n = padded_size(size)
+        self.placement = placement(size, device)
+        firsts = seeds[::n]
+        self.rows = min(self.dim, n)
+        self.signs = generate_directions(
+            [_sub_seed(s, 0) for s in firsts], n, "rademacher", device=device
+        )
+        if distribution == "srht":
+            self.selected = torch.tensor(
+                [_shuffled_prefix(_sub_seed(s, 3), n, self.rows) for s in firsts],
+                dtype=torch.int64,
+            ).to(device)
+            return
+        self.gaussian = generate_directions(
+            [_sub_seed(s, 1) for s in firsts], n, "gaussian", device=device
+        )
+        perms = []
+        for s in firsts:
+            gen = torch.Generator().manual_seed(_sub_seed(s, 3))
+            perms.append(torch.randperm(n, generator=gen))
+        self.perm = torch.stack(perms).to(device)
+        z = generate_directions([_sub_seed(s, 2) for s in firsts], n, "gaussian", device=device)
+        mean = _chi_mean(n)
+        chi = z[:, : self.rows].mul_(math.sqrt(max(n - mean * mean, 0.0))).add_(mean)
+        norm_g = _fold(self.gaussian.square(), 1).sqrt_()
+        self.row_scale = chi.div_(norm_g).div_(math.sqrt(n))
+
+    @property
+    def blocks(self) -> int:
+        return self.signs.shape[0]
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw coordinates ``Phi_raw x`` of a length-D vector: Tensor[d]."""
+        n, k = self.n, self.rows
+        padded = torch.zeros(n, dtype=torch.float32, device=x.device)
+        if self.placement is None:
+            padded.copy_(x)
+        else:
+            padded.index_copy_(0, self.placement, x)
+        y = fwht(self.signs * padded)
+        if self.distribution == "srht":
+            c = y.gather(1, self.selected)
+        else:
+            y = y.gather(1, self.perm).mul_(self.gaussian)
+            c = fwht_head(y, k).mul_(self.row_scale)
+        return c.reshape(-1)[: self.dim]
+
+    def transpose(self, coords: torch.Tensor, blocks: slice | None = None) -> torch.Tensor:
+        """``Phi_raw^T`` of per-block coefficients: coords [m, rows] -> [m, N], one row each.
+
+        Row i uses block i's factors, or with ``blocks`` (a slice of one
+        block) that block's for every row (materialising rows). Not summed
+        over blocks and not restricted to the D used slots.
+        """
+        sel = blocks if blocks is not None else slice(None)
+        m, n = coords.shape[0], self.n
+        if self.distribution == "srht":
+            z = torch.zeros(m, n, dtype=torch.float32, device=coords.device)
+            z.scatter_(1, self.selected[sel].expand(m, -1), coords)
+            return fwht(z).mul_(self.signs[sel])
+        head = torch.zeros(m, min(padded_size(self.rows), n), device=coords.device)
+        head[:, : self.rows] = coords * self.row_scale[sel]
+        y = fwht_tail(head, n).mul_(self.gaussian[sel])
+        w = torch.zeros_like(y).scatter_(1, self.perm[sel].expand(m, -1), y)
+        return fwht(w).mul_(self.signs[sel])
+
+    def expand(self, coords: torch.Tensor) -> torch.Tensor:
+        """``Phi_raw^T c`` for raw coordinates c [d]: Tensor[D], blocks summed in order."""
+        padded = torch.zeros(self.blocks * self.rows, dtype=torch.float32, device=coords.device)
+        padded[: self.dim] = coords
+        parts = self.transpose(padded.view(self.blocks, self.rows))
+        update = parts[0]
+        for part in parts[1:]:
+            update.add_(part)
+        return self._unpad(update)
+
+    def _unpad(self, x: torch.Tensor) -> torch.Tensor:
+        """The D entries of padded vectors x [..., N] that correspond to the input's."""
+        if self.placement is None:
+            return x.clone()
+        return x.index_select(-1, self.placement)
+
+    def directions(self, max_bytes: int = 32 << 20) -> torch.Tensor:
+        """The raw rows, materialised: Tensor[d, D] (each row is Phi_raw^T e_i)."""
+        out = torch.empty(self.dim, self.size, dtype=torch.float32, device=self.signs.device)
+        step = max(1, max_bytes // (4 * self.n))
+        for b in range(self.blocks):
+            first = b * self.rows
+            count = min(self.rows, self.dim - first)
+            for a in range(0, count, step):
+                m = min(step, count - a)
+                unit = torch.zeros(m, self.rows, dtype=torch.float32, device=self.signs.device)
+                unit[torch.arange(m), torch.arange(a, a + m)] = 1.0
+                rows = self.transpose(unit, slice(b, b + 1))
+                out[first + a : first + a + m] = self._unpad(rows)
+        return out
+
+
 def generate_directions(
     seeds,
     size: int,
@@ -179,9 +444,20 @@ def generate_directions(
     whatever the thread count. Gaussian: N(0, 1); uniform: U[-1, 1);
     rademacher: +-1 with p = 1/2; bernoulli-official: +0.5 / -1.5 with
     p = 1/2 (mean -0.5, variance 1, the authors' "bernoulli").
+
+    Structured distributions (srht, fastfood) materialise the rows of the
+    Phi that :func:`project` applies as a transform (to float rounding):
+    row i is a pure function of ``seeds[N * (i // N)]``, ``i % N``, ``size``
+    and the device type (N = ``padded_size(size)``), so rows of one block do
+    depend on their neighbours' positions, unlike dense rows. Costs
+    O(N log N) per row.
     """
     _check(distribution)
     device = torch.device(device) if device is not None else torch.device("cpu")
+    if distribution in STRUCTURED:
+        if not len(seeds):
+            return torch.empty(0, size, dtype=dtype, device=device)
+        return StructuredBlocks(seeds, size, distribution, device).directions().to(dtype)
     scratch = _Scratch(len(seeds), row_width(size), device)
     return _fill(scratch, list(seeds), distribution)[:, :size].to(dtype=dtype, copy=True)
 
@@ -265,6 +541,11 @@ def project(
     ``j % workers`` (default: ``torch.get_num_threads()`` on CPU, 1 on other
     devices); for fixed chunk size and workers the result is bit for bit
     reproducible, and other choices change it only by float rounding.
+
+    Structured distributions: c = Phi g and Phi^T c by fast Walsh-Hadamard
+    transforms, O(N log N) per block of N rows (N = ``padded_size(D)``)
+    whatever d; ``chunk_size`` and ``workers`` are ignored, and the result
+    is bit for bit the same for any thread count.
     """
     _check(distribution)
     if grad.dim() != 1:
@@ -274,6 +555,13 @@ def project(
     size, dim = grad.numel(), len(seeds)
     device = grad.device
     g = grad.detach().to(torch.float32)
+    if distribution in STRUCTURED:
+        blocks = StructuredBlocks(seeds, size, distribution, device) if dim else None
+        coords = blocks.apply(g) if dim else torch.zeros(0, device=device)
+        if normalize:
+            coords.mul_(1.0 / math.sqrt(size))
+        update = _structured_update(blocks, coords, size, normalize, device)
+        return coords.to(grad.dtype), update.to(grad.dtype)
     chunk = chunk_size or default_chunk_size(size, distribution)
     starts = list(range(0, dim, chunk))
     if workers is None:
@@ -334,6 +622,9 @@ def expand(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     dim, device = len(seeds), coords.device
     c_all = coords.detach().to(torch.float32)
+    if distribution in STRUCTURED:
+        blocks = StructuredBlocks(seeds, size, distribution, device) if dim else None
+        return _structured_update(blocks, c_all, size, normalize, device).to(coords.dtype)
     chunk = chunk_size or default_chunk_size(size, distribution)
     starts = list(range(0, dim, chunk))
     if workers is None:
@@ -361,3 +652,11 @@ def expand(
     if not normalize and dim > 0:
         update.div_(dim)
     return update.to(coords.dtype)
+
+
+def _structured_update(blocks, coords, size: int, normalize: bool, device) -> torch.Tensor:
+    """Phi^T c for scaled coordinates, shared by project and expand (same ops, same bits)."""
+    if blocks is None:
+        return torch.zeros(size, dtype=torch.float32, device=device)
+    update = blocks.expand(coords)
+    return update.mul_(1.0 / math.sqrt(size)) if normalize else update.div_(len(coords))
