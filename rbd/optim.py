@@ -13,9 +13,21 @@ from dataclasses import dataclass
 
 import torch
 
-from rbd.projection import DISTRIBUTIONS, generate_directions, project, step_seeds
+from rbd.projection import (
+    DISTRIBUTIONS,
+    direction_chunks,
+    expand,
+    generate_directions,
+    project,
+    step_seeds,
+)
 
 METHODS = ("sgd", "rbd", "fpd", "nes")
+# How RBD gets its coordinates c_i = <g, phi_i>: a backward pass and c = Phi g,
+# or one forward-mode directional derivative per direction (no backward pass).
+COORDINATES = ("backward", "forward")
+# Directions per batched jvp in forward mode (chunk_size overrides it).
+FORWARD_CHUNK = 25
 
 # Compressed compartments never get fewer directions than this (paper.md).
 MIN_COMPARTMENT_DIM = 10
@@ -243,9 +255,128 @@ class RBD(_RandomBases):
         chunk_size: directions generated at once (default: what fits in L2).
         workers: threads generating directions (default: torch's thread count).
 
+        coordinates: ``"backward"`` (default: ``step()`` after a backward
+            pass, c = Phi g from ``p.grad``) or ``"forward"``: c_i is the
+            directional derivative of the loss along phi_i, by forward-mode
+            differentiation (``torch.func.jvp``, batched over ``chunk_size``
+            directions with ``vmap``), without a backward pass.
+            ``step(closure)`` then needs ``closure(params) -> loss``, the
+            minibatch loss as a function of the parameter tensors in
+            param-group order (:func:`module_loss` makes one from a module);
+            the update is ``expand(c)``, the same Phi^T c as the default.
+            It costs d forward-mode passes (about d x 1.5-3 forward passes)
+            against one backward, so it is much slower; ``grad_corr`` is NaN
+            unless every parameter has a ``.grad`` to compare with. A module's
+            buffers (batch-norm statistics) see every jvp's forward pass.
+
     After each step, ``stats`` holds ``grad_corr`` (cosine between the applied
     update and the minibatch gradient), ``coord_mean`` and ``coord_std``.
     """
+
+    def __init__(self, params, *args, coordinates: str = "backward", **kwargs):
+        if coordinates not in COORDINATES:
+            raise ValueError(f"Invalid coordinates: {coordinates!r}; choose one of {COORDINATES}")
+        super().__init__(params, *args, **kwargs)
+        self.coordinates = coordinates
+
+    def step(self, closure=None):
+        if self.coordinates == "backward":
+            return super().step(closure)
+        if closure is None:
+            raise ValueError(
+                "RBD(coordinates='forward').step needs a closure params -> loss "
+                "(e.g. rbd.optim.module_loss(model, loss_fn, *inputs))"
+            )
+        return self._forward_step(closure)
+
+    @torch.no_grad()
+    def _forward_step(self, closure):
+        params = [p for group in self.param_groups for p in group["params"]]
+        primals = tuple(p.detach() for p in params)
+        sizes = [p.numel() for p in params]
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        group_start = [0]
+        for group in self.param_groups:
+            group_start.append(group_start[-1] + sum(p.numel() for p in group["params"]))
+        device = primals[0].device if primals else torch.device("cpu")
+        chunk = self.chunk_size or FORWARD_CHUNK
+
+        def loss_fn(*ps):
+            return closure(list(ps))
+
+        def directional(*tangents):
+            return torch.func.jvp(loss_fn, primals, tangents)
+
+        batched = torch.func.vmap(directional)
+        loss = None
+        dot = norm_u = norm_g = 0.0
+        all_coords = []
+        have_grads = all(p.grad is not None for p in params)
+        for gi, group in enumerate(self.param_groups):
+            base = group_start[gi]
+            update = torch.zeros(group_start[gi + 1] - base, dtype=torch.float32, device=device)
+            for comp in self.compartments:
+                if comp.group != gi:
+                    continue
+                seeds = self.seeds(comp, group["step"])
+                coords = torch.empty(comp.dim, dtype=torch.float32, device=device)
+                scale = 1.0 / math.sqrt(comp.size) if self.normalize else 1.0
+                for a, rows in direction_chunks(
+                    seeds, comp.size, self.distribution, chunk, device=device
+                ):
+                    rows.mul_(scale)
+                    flat = torch.zeros(len(rows), sum(sizes), device=device)
+                    flat[:, base + comp.start : base + comp.stop] = rows
+                    tangents = tuple(
+                        flat[:, o : o + n].reshape(len(rows), *p.shape).to(p.dtype)
+                        for p, o, n in zip(params, starts, sizes, strict=True)
+                    )
+                    values, derivatives = batched(*tangents)
+                    loss = values[0].detach() if loss is None else loss
+                    coords[a : a + len(rows)] = derivatives.float()
+                update[comp.start : comp.stop] = expand(
+                    coords,
+                    seeds,
+                    comp.size,
+                    self.distribution,
+                    normalize=self.normalize,
+                    chunk_size=self.chunk_size,
+                    workers=self.workers,
+                )
+                all_coords.append(coords)
+            lr = group["lr"]
+            offset = 0
+            for p in group["params"]:
+                n = p.numel()
+                p.add_(update[offset : offset + n].view_as(p).to(p.dtype), alpha=-lr)
+                offset += n
+            group["step"] += 1
+            if have_grads:
+                g = _flat([p.grad for p in group["params"]]).float()
+                dot += lr * float(torch.dot(update, g))
+                norm_u += lr * lr * float(torch.dot(update, update))
+                norm_g += float(torch.dot(g, g))
+        coords = torch.cat(all_coords) if all_coords else torch.zeros(0)
+        denom = math.sqrt(norm_u * norm_g)
+        self.stats = {
+            "grad_corr": dot / denom if denom > 0 else float("nan"),
+            "coord_mean": float(coords.mean()) if coords.numel() else float("nan"),
+            "coord_std": float(coords.std()) if coords.numel() > 1 else float("nan"),
+        }
+        return loss
+
+
+def module_loss(model: torch.nn.Module, loss_fn, *inputs):
+    """A closure for ``RBD(coordinates="forward")``: ``params -> loss_fn(model(*inputs))``
+    with the module's parameters replaced by ``params`` (in ``model.parameters()``
+    order, as an optimiser built on ``model.parameters()`` sees them)."""
+    names = [name for name, _ in model.named_parameters()]
+
+    def closure(params):
+        output = torch.func.functional_call(model, dict(zip(names, params, strict=True)), inputs)
+        return loss_fn(output)
+
+    return closure
 
 
 class FPD(_RandomBases):
@@ -459,8 +590,9 @@ def build_optimizer(
 
     ``"sgd"`` is ``torch.optim.SGD(params, lr=lr)`` (no momentum; dim,
     distribution, seed and compartments are ignored). Other options
-    (``normalize``, ``worker``; RBD/FPD ``chunk_size``, ``workers``; FPD
-    ``cache``; NES ``sigma``, ``antithetic``) go to the class.
+    (``normalize``, ``worker``; RBD/FPD ``chunk_size``, ``workers``; RBD
+    ``coordinates``; FPD ``cache``; NES ``sigma``, ``antithetic``) go to the
+    class.
     """
     if method == "sgd":
         return torch.optim.SGD(params, lr=lr)

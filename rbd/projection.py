@@ -413,19 +413,21 @@ class StructuredBlocks:
             return x.clone()
         return x.index_select(-1, self.placement)
 
-    def directions(self, max_bytes: int = 32 << 20) -> torch.Tensor:
-        """The raw rows, materialised: Tensor[d, D] (each row is Phi_raw^T e_i)."""
-        out = torch.empty(self.dim, self.size, dtype=torch.float32, device=self.signs.device)
+    def directions(self, start: int = 0, stop: int | None = None, max_bytes: int = 32 << 20):
+        """Raw rows ``start:stop`` materialised: Tensor[stop - start, D], each
+        row ``Phi_raw^T e_i``, at most ``max_bytes`` of padded rows at a time."""
+        stop = self.dim if stop is None else min(stop, self.dim)
+        device = self.signs.device
+        out = torch.empty(max(stop - start, 0), self.size, dtype=torch.float32, device=device)
         step = max(1, max_bytes // (4 * self.n))
-        for b in range(self.blocks):
-            first = b * self.rows
-            count = min(self.rows, self.dim - first)
-            for a in range(0, count, step):
-                m = min(step, count - a)
-                unit = torch.zeros(m, self.rows, dtype=torch.float32, device=self.signs.device)
-                unit[torch.arange(m), torch.arange(a, a + m)] = 1.0
-                rows = self.transpose(unit, slice(b, b + 1))
-                out[first + a : first + a + m] = self._unpad(rows)
+        i = start
+        while i < stop:
+            b, j = divmod(i, self.rows)
+            m = min(step, self.rows - j, stop - i)
+            unit = torch.zeros(m, self.rows, dtype=torch.float32, device=device)
+            unit[torch.arange(m), torch.arange(j, j + m)] = 1.0
+            out[i - start : i - start + m] = self._unpad(self.transpose(unit, slice(b, b + 1)))
+            i += m
         return out
 
 
@@ -460,6 +462,31 @@ def generate_directions(
         return StructuredBlocks(seeds, size, distribution, device).directions().to(dtype)
     scratch = _Scratch(len(seeds), row_width(size), device)
     return _fill(scratch, list(seeds), distribution)[:, :size].to(dtype=dtype, copy=True)
+
+
+def direction_chunks(
+    seeds,
+    size: int,
+    distribution: str,
+    chunk_size: int,
+    *,
+    device: torch.device | str | None = None,
+):
+    """Yield ``(start, rows)``: the rows of ``generate_directions(seeds, size,
+    distribution)`` in chunks of ``chunk_size``, holding one chunk at a time
+    (structured rows come from the whole seed list, not the chunk's seeds)."""
+    _check(distribution)
+    seeds = list(seeds)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    blocks = None
+    if distribution in STRUCTURED and seeds:
+        blocks = StructuredBlocks(seeds, size, distribution, device)
+    for start in range(0, len(seeds), chunk_size):
+        stop = min(start + chunk_size, len(seeds))
+        if blocks is not None:
+            yield start, blocks.directions(start, stop)
+        else:
+            yield start, generate_directions(seeds[start:stop], size, distribution, device=device)
 
 
 def default_chunk_size(size: int, distribution: str = "gaussian") -> int:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from rbd.optim import FPD, METHODS, NES, RBD, build_optimizer, compartment_ranges
-from rbd.projection import direction_seed, generate_directions
+from rbd.optim import FPD, METHODS, NES, RBD, build_optimizer, compartment_ranges, module_loss
+from rbd.projection import direction_seed, generate_directions, project
 
 
 def small_model(seed=0):
@@ -375,3 +375,63 @@ def test_rbd_adds_little_peak_memory_at_a_million_parameters():
     # A materialised 1000 x 10^6 float32 matrix alone would be 4000 MB; the
     # step needs a few D-vectors (flat gradient, update, per-worker parts).
     assert 4 < growth["gaussian"] - growth["sgd"] < 150
+
+
+@pytest.mark.parametrize(
+    ("distribution", "normalize", "compartments"),
+    [
+        ("gaussian", True, "none"),
+        ("gaussian", False, "layer"),
+        ("rademacher", True, "chunk:50"),
+        ("srht", True, "none"),
+        ("fastfood", False, "layer"),
+    ],
+)
+def test_forward_mode_coordinates_equal_backward_then_project(
+    distribution, normalize, compartments
+):
+    """c_i as d directional derivatives (torch.func.jvp, no backward pass) equal
+    the coordinates Phi g from a backward pass, and so do the steps."""
+    models = [small_model(), small_model()]
+    kwargs = dict(lr=0.3, dim=9, distribution=distribution, seed=2, normalize=normalize,
+                  compartments=compartments, chunk_size=4)  # fmt: skip
+    backward = RBD(models[0].parameters(), **kwargs)
+    forward = RBD(models[1].parameters(), coordinates="forward", **kwargs)
+    for step in range(3):
+        x, y = batch(step)
+        backward.zero_grad()
+        loss_b = loss_of(models[0], x, y)
+        loss_b.backward()
+        backward.step()
+        closure = module_loss(models[1], lambda out, y=y: nn.functional.cross_entropy(out, y), x)
+        assert abs(float(forward.step(closure)) - float(loss_b)) < 1e-5
+        a, b = flat_params(models[0]), flat_params(models[1])
+        assert float((a - b).norm() / a.norm()) < 1e-6
+    # The coordinates themselves, recovered from one step by least squares on
+    # the materialised directions: update = lr * Phi^T c (/ d unnormalised).
+    x, y = batch(9)
+    model, ref_model = small_model(), small_model()
+    opt = RBD(model.parameters(), coordinates="forward", **kwargs)
+    opt.step(module_loss(model, lambda out: nn.functional.cross_entropy(out, y), x))
+    loss_of(ref_model, x, y).backward()
+    g = flat_grad(ref_model)
+    moved = flat_params(ref_model) - flat_params(model)
+    for comp in opt.compartments:
+        seeds = opt.seeds(comp, 0)
+        phi = generate_directions(seeds, comp.size, distribution).double()
+        phi = phi / math.sqrt(comp.size) if normalize else phi / comp.dim
+        part = moved[comp.start : comp.stop].double() / 0.3
+        c = torch.linalg.lstsq(phi.t(), part.unsqueeze(1)).solution.squeeze(1)
+        ref = project(g[comp.start : comp.stop], seeds, distribution, normalize=normalize)[0]
+        assert float((c - ref.double()).norm() / ref.double().norm()) < 1e-4
+    assert math.isnan(opt.stats["grad_corr"])  # no gradient to compare with
+
+
+def test_forward_mode_needs_a_closure_and_a_known_mode():
+    model = small_model()
+    with pytest.raises(ValueError, match="closure"):
+        RBD(model.parameters(), dim=3, coordinates="forward").step()
+    with pytest.raises(ValueError, match="coordinates"):
+        RBD(model.parameters(), dim=3, coordinates="sideways")
+    opt = build_optimizer("rbd", model.parameters(), lr=0.1, dim=3, coordinates="forward")
+    assert opt.coordinates == "forward"
