@@ -206,7 +206,6 @@ def plot_dims(runs: pd.DataFrame, path, title: str | None = None) -> None:
         )
         row[1].set(
             xscale="log",
-            yscale="log",
             title=pair,
             xlabel="d (directions)",
             ylabel="gradient correlation (last epoch)",

@@ -106,9 +106,9 @@ def test_quick_preset_default_target_plans_every_experiment_but_the_sweep(tmp_pa
     jobs = planned_jobs(proc)
     # table1 (2 models x 4 methods x 2 seeds) + table2's other 3 distributions
     # (x 2 models x 2 seeds) + table3's 2 factors x {RBD, FPD} (cnn, 2 seeds) +
-    # fig_dims' 4 other dims x {RBD, FPD} (fc, 2 seeds) + fig_switch's 4
+    # fig_dims' 3 other dims x {RBD, FPD} (fc, 2 seeds) + fig_switch's 4
     # switches (fc, 2 seeds); fig_curves reuses table1's CNN runs.
-    assert jobs["train"] == 16 + 12 + 8 + 16 + 8
+    assert jobs["train"] == 16 + 12 + 8 + 12 + 8
     assert jobs["aggregate_experiment"] == 6
     assert "download_data" not in jobs and "pick_learning_rates" not in jobs
 
@@ -120,27 +120,38 @@ def test_snakemake_lint_is_clean():
 
 
 @pytest.mark.slow
-def test_tiny_table1_end_to_end(tmp_path):
+def test_tiny_preset_end_to_end_with_report(tmp_path):
+    """A table, a figure and a sweep of a shrunken quick preset, then the HTML report."""
     config = yaml.safe_load((ROOT / "config/quick.yaml").read_text())
     config["preset"] = "tiny-test"
-    config["defaults"] |= {"epochs": 1, "seeds": [0, 1]}
-    config["experiments"]["table1"] |= {"models": ["fc"], "methods": ["sgd", "rbd"], "dims": [20]}
+    config["defaults"] |= {"epochs": 2, "seeds": [0, 1], "dim": 20}
+    small = {"models": ["fc"], "methods": ["sgd", "rbd"]}
+    config["experiments"] = {
+        "table1": config["experiments"]["table1"] | small,
+        "fig_dims": config["experiments"]["fig_dims"] | small | {"dims": [10, 20]},
+        "fig_lr": config["experiments"]["fig_lr"] | small | {"lrs": {"rbd": ["2^3", "2^4"]}},
+    }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
+    targets = ["figures/table1.pdf", "figures/fig_dims.pdf", "figures/fig_lr.pdf"]
     proc = snakemake(
-        "--cores",
-        "2",
-        "--directory",
-        tmp_path,
-        f"--configfile={path}",
-        "figures/table1.pdf",
-        timeout=900,
+        "--cores", "2", "--directory", tmp_path, f"--configfile={path}", *targets, timeout=900
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     table = pd.read_csv(tmp_path / "results/tables/table1.csv")
     assert set(table["method"]) == {"sgd", "rbd"}
     assert (table["n_seeds"] == 2).all()
     assert table["val_acc_mean"].between(10, 100).all()
-    assert (tmp_path / "figures/table1.pdf").read_bytes().startswith(b"%PDF")
+    for name in ("table1", "fig_dims", "fig_lr"):
+        assert (tmp_path / f"figures/{name}.pdf").read_bytes().startswith(b"%PDF")
     assert "| FC-MNIST5k |" in (tmp_path / "figures/table1.md").read_text()
+    best = yaml.safe_load((tmp_path / "results/tables/fig_lr_best.yaml").read_text())
+    assert set(best["learning_rates"]) == {"sgd", "rbd"}
+    assert best["learning_rates"]["rbd"]["fc-mnist5k"] in ("2^3", "2^4")
     assert list((tmp_path / "logs/train").rglob("*.log"))
+
+    report = tmp_path / "report.html"
+    proc = snakemake("--directory", tmp_path, f"--configfile={path}", "--report", report, *targets)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    html = report.read_text(errors="replace")
+    assert "table1" in html and "fig_dims" in html and "fig_lr_best.yaml" in html
