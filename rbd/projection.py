@@ -45,7 +45,8 @@ from the sub-seeds ``_sub_seed(s_b, part)``:
   draws (part 1), Pi a random permutation (``torch.randperm`` on a CPU
   generator, part 3: ``(Pi y)_j = y_{perm_j}``), S_jj = s_j / ||G|| with s_j
   a chi_N draw, approximated by the normal with chi_N's mean and variance
-  (gaussian draws from part 2; E[s_j^2] = N exactly).
+  (gaussian draws from part 2, on the CPU whatever the device; E[s_j^2] = N
+  exactly).
 
 Both raw rows have E[phi phi^T] = I_D, as the dense distributions do (an
 srht row is +-1 everywhere; a fastfood entry is N(0, 1) given the signs and
@@ -316,6 +317,37 @@ def _chi_mean(n: int) -> float:
     return math.sqrt(2.0) * math.exp(math.lgamma((n + 1) / 2) - math.lgamma(n / 2))
 
 
+_WORKSPACE = threading.local()
+
+
+def _workspace(role: str, shape: tuple, dtype: torch.dtype, device: torch.device):
+    """A tensor that this thread's StructuredBlocks reuse for ``role`` at this shape.
+
+    Fresh N-length buffers every step made the kernel zero new pages (about
+    a thousand page faults, 1 ms, per fastfood step at N = 2^17, depending
+    on the allocator's state); reused ones stay mapped.
+    """
+    cache = getattr(_WORKSPACE, "tensors", None)
+    if cache is None:
+        cache = _WORKSPACE.tensors = {}
+    key = (role, shape, dtype, device)
+    if key not in cache:
+        cache[key] = torch.empty(shape, dtype=dtype, device=device)
+    return cache[key]
+
+
+def _draw(role: str, seeds: list[int], n: int, distribution: str, device: torch.device):
+    """``generate_directions(seeds, n, distribution)`` into this thread's workspace."""
+    key = ("scratch", len(seeds), row_width(n), device)
+    cache = getattr(_WORKSPACE, "tensors", None)
+    if cache is None:
+        cache = _WORKSPACE.tensors = {}
+    if key not in cache:
+        cache[key] = _Scratch(len(seeds), row_width(n), device)
+    out = _workspace(role, (len(seeds), n), torch.float32, device)
+    return out.copy_(_fill(cache[key], seeds, distribution)[:, :n])
+
+
 class StructuredBlocks:
     """The random factors of a structured Phi with one row per seed (see the module docstring).
 
@@ -324,6 +356,9 @@ class StructuredBlocks:
     signs), and per distribution: ``selected`` [blocks, rows] int64 (srht:
     the rows of H B), or ``gaussian`` [blocks, N] (G), ``perm`` [blocks, N]
     int64 (Pi) and ``row_scale`` [blocks, rows] (S_jj / sqrt(N)) for fastfood.
+    ``signs``, ``gaussian`` and (on the CPU) ``perm`` live in a per-thread
+    workspace that the next StructuredBlocks of the same shape on the same
+    thread overwrites: use one at a time (project and expand do).
     """
 
     def __init__(self, seeds, size: int, distribution: str, device: torch.device):
@@ -335,26 +370,24 @@ class StructuredBlocks:
         self.placement = placement(size, device)
         firsts = seeds[::n]
         self.rows = min(self.dim, n)
-        self.signs = generate_directions(
-            [_sub_seed(s, 0) for s in firsts], n, "rademacher", device=device
-        )
+        self.signs = _draw("signs", [_sub_seed(s, 0) for s in firsts], n, "rademacher", device)
         if distribution == "srht":
             self.selected = torch.tensor(
                 [_shuffled_prefix(_sub_seed(s, 3), n, self.rows) for s in firsts],
                 dtype=torch.int64,
             ).to(device)
             return
-        self.gaussian = generate_directions(
-            [_sub_seed(s, 1) for s in firsts], n, "gaussian", device=device
-        )
-        perms = []
-        for s in firsts:
+        self.gaussian = _draw("gaussian", [_sub_seed(s, 1) for s in firsts], n, "gaussian", device)
+        perm = _workspace("perm", (len(firsts), n), torch.int64, torch.device("cpu"))
+        for b, s in enumerate(firsts):
             gen = torch.Generator().manual_seed(_sub_seed(s, 3))
-            perms.append(torch.randperm(n, generator=gen))
-        self.perm = torch.stack(perms).to(device)
-        z = generate_directions([_sub_seed(s, 2) for s in firsts], n, "gaussian", device=device)
+            torch.randperm(n, generator=gen, out=perm[b])
+        self.perm = perm.to(device)
+        # Only the rows' s_j, drawn on the CPU (whose int64 stream is sequential,
+        # so s_j does not depend on the row count), then moved.
+        z = generate_directions([_sub_seed(s, 2) for s in firsts], self.rows, "gaussian")
         mean = _chi_mean(n)
-        chi = z[:, : self.rows].mul_(math.sqrt(max(n - mean * mean, 0.0))).add_(mean)
+        chi = z.to(device).mul_(math.sqrt(max(n - mean * mean, 0.0))).add_(mean)
         norm_g = _fold(self.gaussian.square(), 1).sqrt_()
         self.row_scale = chi.div_(norm_g).div_(math.sqrt(n))
 
