@@ -142,6 +142,12 @@ def _add_train_parser(sub) -> None:
         choices=("sum", "mean"),
         help="distributed: sum (the authors') or mean of the workers' updates",
     )
+    p.add_argument(
+        "--coordinates",
+        default="backward",
+        choices=("backward", "forward"),
+        help="RBD: coordinates from the gradient (backward) or by d forward-mode jvps",
+    )
     p.set_defaults(func=_cmd_train)
 
 
@@ -173,6 +179,8 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
         )
     if args.workers is not None and args.switch != "none":
         parser.error("argument --workers: distributed training needs --switch none")
+    if args.coordinates != "backward" and (args.method != "rbd" or args.workers is not None):
+        parser.error("argument --coordinates: forward needs --method rbd without --workers")
     values = {k: v for k, v in vars(args).items() if k not in ("func", "command", "out", "verbose")}
     return TrainConfig(**values)
 

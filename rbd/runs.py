@@ -36,6 +36,8 @@ class RunSpec:
     workers: int | None = None
     bases: str = "worker"
     combine: str = "sum"
+    # RBD's coordinates: "backward" (gradient, then c = Phi g) or "forward" (d jvps).
+    coordinates: str = "backward"
 
     @property
     def key(self) -> str:
@@ -72,6 +74,7 @@ _OPTION_TOKENS = {
     "workers": "w",
     "bases": "bases",
     "combine": "comb",
+    "coordinates": "coord",
 }
 _ESCAPES = (("_", "+"), (":", "@"))
 _HEAD = re.compile(r"^d(?P<dim>\d+)_(?P<distribution>[a-z0-9-]+)$")

@@ -27,7 +27,7 @@ from rbd import __version__
 from rbd.data import Augmentation, load_dataset, preprocess
 from rbd.io import load_torch, save_torch, write_json, write_text
 from rbd.models import build_model, count_params
-from rbd.optim import build_optimizer
+from rbd.optim import build_optimizer, module_loss
 from rbd.runs import RunSpec
 
 log = logging.getLogger("rbd.train")
@@ -427,7 +427,9 @@ def _method_options(method: str, cfg: TrainConfig) -> dict:
     """The settings that only some methods take."""
     if method == "nes":
         return {"sigma": cfg.nes_sigma}
-    if method in ("rbd", "fpd"):
+    if method == "rbd":
+        return {"normalize": cfg.normalize, "coordinates": cfg.coordinates}
+    if method == "fpd":
         return {"normalize": cfg.normalize}
     return {}
 
@@ -489,6 +491,12 @@ def _train_step(model, optimizer, method: str, x, y) -> tuple[float, torch.Tenso
                 return F.cross_entropy(model(x), y)
 
         optimizer.step(closure)
+        return loss.item(), logits
+    if getattr(optimizer, "coordinates", "backward") == "forward":  # RBD by jvps
+        with torch.no_grad():
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+        optimizer.step(module_loss(model, lambda out: F.cross_entropy(out, y), x))
         return loss.item(), logits
     logits = model(x)
     loss = F.cross_entropy(logits, y)
