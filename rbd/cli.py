@@ -251,11 +251,11 @@ def _cmd_aggregate(args, parser) -> int:
 
 
 def _add_render_parser(sub) -> None:
-    from rbd.config import TABLE_KINDS
+    from rbd.config import FIGURE_TABLE_KINDS, TABLE_KINDS
 
     p = sub.add_parser("render", help="render an aggregated table as PDF, Markdown and LaTeX")
     p.add_argument("--experiment", required=True)
-    p.add_argument("--kind", default="method_table", choices=TABLE_KINDS)
+    p.add_argument("--kind", default="method_table", choices=TABLE_KINDS + FIGURE_TABLE_KINDS)
     p.add_argument("--description", default=None, help="what was run (the caption)")
     p.add_argument("--csv", required=True, type=Path)
     p.add_argument("--pdf", type=Path)

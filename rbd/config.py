@@ -30,12 +30,16 @@ GRID_KEYS = {
     "compartments": "compartments",
     "switches": "switch",
     "lrs": "lr",
+    "workers": "workers",
+    "bases": "bases",
 }
 # Scalar settings an experiment may override; the same keys form `defaults`.
-SCALAR_KEYS = ("epochs", "batch_size", "normalize", "augment", "nes_sigma")
+SCALAR_KEYS = ("epochs", "batch_size", "normalize", "augment", "nes_sigma", "combine")
 # How an experiment is shown: the three table layouts, and the figure kinds.
 TABLE_KINDS = ("method_table", "distribution_table", "compression_table")
-FIGURE_KINDS = ("curves", "dims", "switch", "lr_sweep")
+FIGURE_KINDS = ("curves", "dims", "switch", "lr_sweep", "scaling", "bases")
+# Figures that also get a table beside them (figures/X.md, .tex).
+FIGURE_TABLE_KINDS = ("bases",)
 KINDS = TABLE_KINDS + FIGURE_KINDS
 # Kinds left out of the default target (opt-in: they are sweeps, not results).
 OPT_IN_KINDS = ("lr_sweep",)
@@ -120,6 +124,13 @@ def _check_run(spec: RunSpec, where: str) -> None:
                 f"config key {where}.dims: dim {spec.dim} exceeds D = {num_params} of "
                 f"{spec.model} on {spec.dataset}"
             )
+    if spec.workers is not None and spec.method != "rbd":
+        raise ConfigError(
+            f"config key {where}.workers: distributed training needs method rbd, "
+            f"not {spec.method!r}"
+        )
+    if spec.workers is not None and spec.switch != "none":
+        raise ConfigError(f"config key {where}.workers: distributed training needs switch none")
     if spec.switch != "none":
         at = int(spec.switch.partition(":")[2])
         if not 0 < at < spec.epochs:
@@ -194,6 +205,9 @@ def expand_experiment(config: dict, name: str) -> list[RunSpec]:
             # The subspace settings do not apply; one SGD run serves every dim/distribution.
             settings |= {"dim": 0, "distribution": "none", "compartments": "none"}
             settings["switch"] = "none"
+        if method == "sgd" or settings.get("workers") is None:
+            # Bases and combining only exist with workers; SGD is never distributed.
+            settings |= {"workers": None, "bases": "worker", "combine": "sum"}
         if settings.get("switch", "none") != "none":
             settings["sgd_lr"] = learning_rate(config, "sgd", model, dataset)
         runs += [RunSpec(**settings, lr=lr) for lr in rates]

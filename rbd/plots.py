@@ -15,9 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rbd.tables import DIVERGED, METHOD_LABELS, METHOD_ORDER, pair_label, paper_order
+from rbd.tables import (
+    DISTRIBUTION_LABELS,
+    DIVERGED,
+    METHOD_LABELS,
+    METHOD_ORDER,
+    pair_label,
+    paper_order,
+)
 
-FIGURE_KINDS = ("curves", "dims", "switch", "lr_sweep")
 METHOD_COLORS = {"sgd": "#222222", "rbd": "#d1495b", "fpd": "#00798c", "nes": "#edae49"}
 _STYLE_SET = False
 
@@ -281,9 +287,145 @@ def lr_snippet(best: dict[str, dict[str, float]], note: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+BASES_LABELS = {"worker": "own bases per worker", "shared": "shared bases", "split": "d split"}
+TIME_PARTS = {"compute_s": "compute", "regen_s": "regenerate", "comm_s": "communicate"}
+
+
+def scaling_summary(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per bases mode and W: mean over runs of each run's median per-epoch timings
+    (seconds per step) and bytes per step, and the last epoch's accuracy."""
+    from rbd.tables import SCALING_COLUMNS
+
+    columns = [c for c in SCALING_COLUMNS if c in curves]
+    per_run = curves.groupby(["bases", "workers", "run_dir"])[columns].median()
+    last = curves.sort_values("epoch").groupby(["bases", "workers", "run_dir"])["val_acc"].last()
+    per_run["val_acc"] = last
+    summary = per_run.groupby(["bases", "workers"]).mean().reset_index()
+    return summary.sort_values(["bases", "workers"], kind="stable").reset_index(drop=True)
+
+
+def plot_scaling(curves: pd.DataFrame, path, title: str | None = None) -> None:
+    """Distributed RBD against the number of workers W.
+
+    Top: validation accuracy per epoch, one panel per bases mode, one line per W.
+    Bottom: time per step against W split into compute, regeneration and
+    communication (stacked bars, one group per bases mode), and bytes per step
+    against W beside the D x 4 bytes of a data-parallel SGD all-reduce.
+    """
+    import seaborn as sns
+
+    modes = [b for b in BASES_LABELS if b in set(curves["bases"])]
+    workers = sorted({int(w) for w in curves["workers"]})
+    colors = dict(zip(workers, sns.color_palette("viridis", len(workers)), strict=True))
+    fig, axes = _panels(2, max(len(modes), 2))
+    for ax, mode in zip(axes[0], modes, strict=False):
+        sub = curves[curves["bases"] == mode]
+        for w in workers:
+            runs = sub[sub["workers"] == w]
+            label = _diverged_label(f"W = {w}", runs)
+            _line(ax, runs, "epoch", "val_acc", label, colors[w], marker="o")
+        pairs = ", ".join(pair_label(m, d) for m, d in _pairs(sub))
+        ax.set(title=f"{pairs}: {BASES_LABELS[mode]}", xlabel="epoch",
+               ylabel="validation accuracy (%)")  # fmt: skip
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend(fontsize=7)
+    for ax in axes[0][len(modes) :]:
+        ax.axis("off")
+    summary = scaling_summary(curves)
+    time_ax, bytes_ax = axes[1][0], axes[1][1]
+    width = 0.8 / max(len(modes), 1)
+    hatches = ["", "//", "..", "xx"]
+    part_colors = sns.color_palette("Set2", len(TIME_PARTS))
+    for i, mode in enumerate(modes):
+        rows = summary[summary["bases"] == mode]
+        offset = (i - (len(modes) - 1) / 2) * width
+        x = np.array([workers.index(int(w)) for w in rows["workers"]]) + offset
+        bottom = np.zeros(len(rows))
+        for color, (column, part) in zip(part_colors, TIME_PARTS.items(), strict=True):
+            if column not in rows:
+                continue
+            ms = 1000 * rows[column].fillna(0).to_numpy()
+            time_ax.bar(x, ms, width, bottom=bottom, color=color, hatch=hatches[i % len(hatches)],
+                        edgecolor="white", label=f"{part} ({BASES_LABELS[mode]})")  # fmt: skip
+            bottom += ms
+        if "bytes_per_step" in rows:
+            bytes_ax.plot(rows["workers"], rows["bytes_per_step"], marker="o",
+                          label=f"RBD, {BASES_LABELS[mode]}")  # fmt: skip
+    time_ax.set_xticks(range(len(workers)), [str(w) for w in workers])
+    time_ax.set(xlabel="workers W", ylabel="time per step (ms, median over epochs)",
+                title="time per step: compute, regeneration, communication")  # fmt: skip
+    time_ax.legend(fontsize=6)
+    if "sgd_bytes_per_step" in summary and summary["sgd_bytes_per_step"].notna().any():
+        sgd = summary.groupby("workers")["sgd_bytes_per_step"].mean()
+        bytes_ax.plot(sgd.index, sgd.values, color=METHOD_COLORS["sgd"], linestyle="--",
+                      label="SGD all-reduce (D x 4)")  # fmt: skip
+    bytes_ax.set(xscale="log", yscale="log", xlabel="workers W", ylabel="bytes per step",
+                 title="bytes exchanged per step")  # fmt: skip
+    bytes_ax.set_xticks(workers, [str(w) for w in workers])
+    bytes_ax.minorticks_off()
+    bytes_ax.legend(fontsize=7)
+    for ax in axes[1][2:]:
+        ax.axis("off")
+    _title(fig, title)
+    save_pdf(fig, path)
+
+
+def plot_bases(table: pd.DataFrame, path, title: str | None = None) -> None:
+    """Accuracy and time per step against d, one line per direction distribution.
+
+    From the aggregated table (`rbd.tables.aggregate`): one column of panels per
+    model-data pair; top, validation accuracy (mean, bar: std over seeds) with
+    SGD as a dashed line; bottom, milliseconds per step (log scale) with SGD's.
+    """
+    import seaborn as sns
+
+    pairs = _pairs(table)
+    dists = [d for d in DISTRIBUTION_LABELS if d in set(table["distribution"])]
+    colors = dict(zip(dists, sns.color_palette("colorblind", len(dists)), strict=True))
+    fig, axes = _panels(2, len(pairs))
+    for col, (model, dataset) in enumerate(pairs):
+        acc_ax, time_ax = axes[0][col], axes[1][col]
+        sub = table[(table["model"] == model) & (table["dataset"] == dataset)]
+        for dist in dists:
+            rows = sub[(sub["method"] != "sgd") & (sub["distribution"] == dist)].sort_values("dim")
+            if not len(rows):
+                continue
+            bad = int(rows["n_diverged"].sum())
+            label = DISTRIBUTION_LABELS[dist] + (f" ({bad} diverged)" if bad else "")
+            acc_ax.errorbar(rows["dim"], rows["val_acc_mean"], yerr=rows["val_acc_std"],
+                            marker="o", capsize=3, color=colors[dist], label=label)  # fmt: skip
+            time_ax.plot(rows["dim"], 1000 * rows["step_s_mean"], marker="o",
+                         color=colors[dist], label=DISTRIBUTION_LABELS[dist])  # fmt: skip
+        sgd = sub[sub["method"] == "sgd"]
+        if len(sgd) and sgd["val_acc_mean"].notna().any():
+            acc = sgd["val_acc_mean"].mean()
+            acc_ax.axhline(acc, color=METHOD_COLORS["sgd"], linestyle="--",
+                           label=f"SGD ({acc:.1f})")  # fmt: skip
+        if len(sgd) and sgd["step_s_mean"].notna().any():
+            ms = 1000 * sgd["step_s_mean"].mean()
+            time_ax.axhline(ms, color=METHOD_COLORS["sgd"], linestyle="--",
+                            label=f"SGD ({ms:.2f} ms)")  # fmt: skip
+        pair = pair_label(model, dataset)
+        acc_ax.set(xscale="log", title=pair, xlabel="d (directions)",
+                   ylabel="validation accuracy (%)")  # fmt: skip
+        time_ax.set(xscale="log", yscale="log", title=pair, xlabel="d (directions)",
+                    ylabel="time per step (ms)")  # fmt: skip
+        for ax in (acc_ax, time_ax):
+            ax.legend(fontsize=7)
+    _title(fig, title)
+    save_pdf(fig, path)
+
+
 def plot(kind: str, data: pd.DataFrame, path, title: str | None = None) -> None:
     """Draw the figure of an experiment of `kind` from its tidy table."""
-    drawers = {"curves": plot_curves, "dims": plot_dims, "switch": plot_switch, "lr_sweep": plot_lr}
+    drawers = {
+        "curves": plot_curves,
+        "dims": plot_dims,
+        "switch": plot_switch,
+        "lr_sweep": plot_lr,
+        "scaling": plot_scaling,
+        "bases": plot_bases,
+    }
     if kind not in drawers:
         raise ValueError(f"unknown figure kind {kind!r}; choose one of {', '.join(drawers)}")
     drawers[kind](data, path, title)

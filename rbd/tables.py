@@ -17,7 +17,9 @@ import pandas as pd
 from rbd.paper import paper_frac_sgd, paper_val_acc
 
 GROUP_KEYS = ["model", "dataset", "method", "dim", "distribution", "compartments", "switch", "lr"]
-RUN_KEYS = GROUP_KEYS + ["seed", "epochs", "augment"]
+RUN_KEYS = GROUP_KEYS + ["seed", "epochs", "augment", "batch_size"]
+# Settings of distributed runs (rbd.distributed); absent from one-process runs.
+DISTRIBUTED_KEYS = ["workers", "bases", "combine"]
 METHOD_ORDER = ["nes", "fpd", "rbd", "sgd"]
 METHOD_LABELS = {"nes": "NES", "fpd": "FPD", "rbd": "RBD", "sgd": "SGD"}
 DISTRIBUTION_LABELS = {
@@ -25,6 +27,8 @@ DISTRIBUTION_LABELS = {
     "uniform": "Uniform",
     "rademacher": "Rademacher",
     "bernoulli-official": "Bernoulli (authors')",
+    "srht": "SRHT",
+    "fastfood": "Fastfood",
 }
 # Rows in the paper's order: models, then data sets, as Table 1 lists them.
 MODEL_ORDER = ["fc", "cnn", "resnet8"]
@@ -36,6 +40,16 @@ DATASET_LABELS = {
     "cifar10": "CIFAR10",
 }
 METRIC_COLUMNS = ("val_acc", "val_loss", "train_acc", "train_loss", "grad_corr_mean")
+# Per-epoch timing and traffic of distributed runs (rbd.distributed.TIMING_COLUMNS
+# and the byte counts), in seconds per step and bytes per step.
+SCALING_COLUMNS = (
+    "step_s",
+    "compute_s",
+    "regen_s",
+    "comm_s",
+    "bytes_per_step",
+    "sgd_bytes_per_step",
+)
 DIVERGED = "diverged"
 
 
@@ -45,7 +59,7 @@ def _read_run(path) -> tuple[dict, pd.DataFrame]:
     record = json.loads((run_dir / "run.json").read_text())
     metrics = pd.read_csv(run_dir / "metrics.csv")
     cfg = record["config"]
-    settings = {key: cfg[key] for key in RUN_KEYS if key in cfg}
+    settings = {key: cfg[key] for key in RUN_KEYS + DISTRIBUTED_KEYS if key in cfg}
     settings |= {"status": record["status"], "run_dir": str(run_dir)}
     return record, settings, metrics
 
@@ -70,20 +84,40 @@ def load_runs(paths) -> pd.DataFrame:
         if record["status"] != "done":
             row["val_acc"] = np.nan
         row["test_acc"] = record.get("test_acc", np.nan)
+        row["step_s"] = step_seconds(metrics, row.get("batch_size", 32))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def load_curves(paths) -> pd.DataFrame:
+def step_seconds(metrics: pd.DataFrame, batch_size: int) -> float:
+    """Median over epochs of the training time per step (s), NaN without timings.
+
+    A step is one minibatch: an epoch of n images has ceil(n / batch_size)
+    steps, n = images_per_s x seconds. Distributed runs log `step_s` itself
+    (worker 0's mean per step). The median leaves out an epoch slowed down by
+    a neighbouring job; `seconds` excludes evaluation and checkpoints.
+    """
+    if "step_s" in metrics and metrics["step_s"].notna().any():
+        return float(metrics["step_s"].median())
+    if not {"seconds", "images_per_s"} <= set(metrics.columns) or not len(metrics):
+        return np.nan
+    images = (metrics["images_per_s"] * metrics["seconds"]).round()
+    steps = np.ceil(images / batch_size)
+    return float((metrics["seconds"] / steps.where(steps > 0)).median())
+
+
+def load_curves(paths, extra_columns=()) -> pd.DataFrame:
     """One row per run and epoch (tidy): settings, status, `epoch` and the epoch's metrics.
 
     Curves of diverged runs are kept up to the last finished epoch; `status`
-    says that the run diverged afterwards.
+    says that the run diverged afterwards. `extra_columns` of metrics.csv are
+    kept too where a run has them (the timing columns of distributed runs).
     """
     frames = []
     for path in paths:
         record, settings, metrics = _read_run(path)
-        columns = ["epoch"] + [c for c in METRIC_COLUMNS if c in metrics.columns]
+        wanted = (*METRIC_COLUMNS, *extra_columns)
+        columns = ["epoch"] + [c for c in wanted if c in metrics.columns]
         frame = metrics[columns].copy()
         if "method" in metrics.columns:
             frame["phase"] = metrics["method"]
@@ -106,9 +140,11 @@ def aggregate(runs: pd.DataFrame, experiment: str) -> pd.DataFrame:
 
     Columns: experiment, model, dataset, method, dim, distribution, compartments,
     switch, lr, n_seeds, n_diverged, val_acc_mean, val_acc_std, test_acc_mean,
-    grad_corr_mean, grad_corr_std, num_params, num_coordinates, frac_sgd,
-    paper_val_acc, paper_frac_sgd. `frac_sgd` divides by the mean SGD accuracy
-    of the same model and data set.
+    grad_corr_mean, grad_corr_std, num_params, num_coordinates, step_s_mean,
+    frac_sgd, step_ratio_sgd, paper_val_acc, paper_frac_sgd. `frac_sgd` divides
+    by the mean SGD accuracy of the same model and data set, `step_ratio_sgd`
+    the mean seconds per step (`step_seconds`, over all seeds, diverged ones
+    too) by SGD's.
     """
     keys = [k for k in GROUP_KEYS if k in runs.columns]
     grouped = runs.groupby(keys, dropna=False, sort=False)
@@ -122,11 +158,18 @@ def aggregate(runs: pd.DataFrame, experiment: str) -> pd.DataFrame:
         grad_corr_std=("grad_corr_mean", _std),
         num_params=("num_params", "first"),
         num_coordinates=("num_coordinates", "first"),
+        **({"step_s_mean": ("step_s", "mean")} if "step_s" in runs else {}),
     ).reset_index()
-    sgd = table[table["method"] == "sgd"].groupby(["model", "dataset"])["val_acc_mean"].mean()
-    table["frac_sgd"] = [
-        row.val_acc_mean / sgd.get((row.model, row.dataset), np.nan) for row in table.itertuples()
-    ]
+    sgd = table[table["method"] == "sgd"].groupby(["model", "dataset"])
+    for column, ratio in (("val_acc_mean", "frac_sgd"), ("step_s_mean", "step_ratio_sgd")):
+        if column in table:
+            reference = sgd[column].mean()
+            table[ratio] = [
+                value / reference.get(pair, np.nan)
+                for value, pair in zip(
+                    table[column], zip(table["model"], table["dataset"], strict=True), strict=True
+                )
+            ]
     table["paper_val_acc"] = [
         paper_val_acc(
             row.model,
@@ -226,6 +269,8 @@ def wide_table(table: pd.DataFrame, kind: str = "method_table") -> pd.DataFrame:
         order = [d for d in labels if d in set(table["column"])]
     elif kind == "compression_table":
         return _compression_table(table)
+    elif kind == "bases":
+        return _bases_table(table)
     else:
         raise ValueError(f"unknown table kind {kind!r}")
     wide = table.pivot_table(index=index, columns=column, values="cell", aggfunc="first",
@@ -262,12 +307,43 @@ def _compression_table(table: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
+def _step_text(row) -> str:
+    if _missing(getattr(row, "step_s_mean", None)):
+        return ""
+    text = f"\n{1000 * row.step_s_mean:.1f} ms/step"
+    if row.method != "sgd" and not _missing(getattr(row, "step_ratio_sgd", None)):
+        text += f" ({row.step_ratio_sgd:.1f}x SGD)"
+    return text
+
+
+def _bases_table(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per pair and d, one column per distribution, SGD (any d) on every row."""
+    table["cell"] = table["cell"] + [_step_text(row) for row in table.itertuples()]
+    sgd = table[table["method"] == "sgd"].set_index("model-data")["cell"]
+    sub = table[table["method"] != "sgd"]
+    wide = sub.pivot_table(
+        index=["model-data", "D", "dim"], columns="distribution", values="cell",
+        aggfunc="first", sort=False,
+    )  # fmt: skip
+    order = [d for d in DISTRIBUTION_LABELS if d in wide.columns]
+    order += sorted(set(wide.columns) - set(order))
+    wide = wide.reindex(columns=order).fillna("-")
+    wide.columns = [DISTRIBUTION_LABELS.get(c, c) for c in wide.columns]
+    wide = wide.reset_index().rename(columns={"dim": "d"})
+    if len(sgd):
+        wide["SGD"] = wide["model-data"].map(sgd).fillna("-")
+    return wide
+
+
 CAPTIONS = {
     "method_table": "validation accuracy (%) after the last epoch, mean ± std over seeds "
     "(fraction of the SGD accuracy); 'paper' is the paper's value on the full data set "
     "(Table 1, d = 250, 100 epochs) where it has one.",
     "distribution_table": "RBD validation accuracy (%) per direction distribution, mean ± std "
     "over seeds (fraction of SGD); 'paper' is the paper's Table 1 value (Gaussian only).",
+    "bases": "RBD validation accuracy (%) per direction distribution and d, mean ± std over "
+    "seeds (fraction of SGD), and the training time per step (median over epochs, mean over "
+    "seeds; in brackets the ratio to SGD's step on the same model and data).",
     "compression_table": "validation accuracy (%) per compression factor D / sum d_k, mean ± std "
     "over seeds (fraction of SGD) and the mean gradient correlation of the last epoch; "
     "SGD trains all D parameters.",
@@ -341,15 +417,22 @@ def _table_pdf(wide: pd.DataFrame, caption: str, path: Path) -> None:
 
 
 def experiment_table(paths, experiment: str, kind: str) -> pd.DataFrame:
-    """The tidy CSV of an experiment: aggregated over seeds for tables; one row per
-    run and epoch for curves and switches; one row per run for dims and sweeps
-    (the figures draw the mean and the band over seeds themselves)."""
-    from rbd.config import KINDS, TABLE_KINDS
+    """The tidy CSV of an experiment: aggregated over seeds for tables and for
+    `bases` (its figure and table show means); one row per run and epoch for
+    curves, switches and scaling (with the timing and byte columns); one row per
+    run for dims and sweeps (the figures draw the mean and the band over seeds
+    themselves)."""
+    from rbd.config import FIGURE_TABLE_KINDS, KINDS, TABLE_KINDS
 
     if kind not in KINDS:
         raise ValueError(f"unknown experiment kind {kind!r}; choose one of {', '.join(KINDS)}")
-    if kind in TABLE_KINDS:
+    if kind in TABLE_KINDS + FIGURE_TABLE_KINDS:
         return aggregate(load_runs(paths), experiment)
-    data = load_curves(paths) if kind in ("curves", "switch") else load_runs(paths)
+    if kind == "scaling":
+        data = load_curves(paths, SCALING_COLUMNS)
+    elif kind in ("curves", "switch"):
+        data = load_curves(paths)
+    else:
+        data = load_runs(paths)
     data.insert(0, "experiment", experiment)
     return data

@@ -7,7 +7,7 @@ import copy
 import pytest
 import yaml
 from conftest import ROOT, run_rbd
-from test_tables import is_pdf, make_run
+from test_tables import _timed, is_pdf, make_run
 
 from rbd.config import FIGURE_KINDS, TABLE_KINDS, expand_experiment, validate_config
 from rbd.plots import best_learning_rates, lr_snippet
@@ -48,6 +48,42 @@ def _figure_runs(root, kind):
             for method in ("sgd", "rbd"):
                 paths.append(make_run(root, method, 0, 60.0 - k * k, lr=2.0**k))
         paths.append(make_run(root, "rbd", 0, [10.0], lr=4.0, status="diverged"))
+    elif kind == "scaling":
+        for workers in (1, 2, 4):
+            for bases in ("worker", "split"):
+                step = 0.01 * (workers if bases == "worker" else 1)
+                timings = {
+                    "workers": [workers] * 2,
+                    "step_s": [step] * 2,
+                    "compute_s": [step / 2] * 2,
+                    "regen_s": [step / 3] * 2,
+                    "comm_s": [step / 6] * 2,
+                    "bytes_per_step": [workers * 400] * 2,
+                    "sgd_bytes_per_step": [407_080] * 2,
+                }
+                paths.append(
+                    make_run(
+                        root,
+                        "rbd",
+                        0,
+                        [60.0, 70.0 + workers],
+                        dim=100,
+                        metrics=timings,
+                        settings={"workers": workers, "bases": bases},
+                    )  # fmt: skip
+                )
+    elif kind == "bases":
+        for dist, seconds in (("gaussian", 5.0), ("srht", 0.5), ("fastfood", 0.6)):
+            for dim in (50, 100):
+                for seed in range(2):
+                    paths.append(
+                        make_run(root, "rbd", seed, 70.0 + seed + dim / 10, dim=dim,
+                                 distribution=dist, metrics=_timed([seconds * dim / 100] * 2))
+                    )  # fmt: skip
+        paths.append(make_run(root, "rbd", 2, [11.0], dim=100, distribution="srht",
+                              status="diverged"))  # fmt: skip
+        paths.append(make_run(root, "sgd", 0, 90.0, dim=0, distribution="none",
+                              metrics=_timed([0.2, 0.2])))  # fmt: skip
     return paths
 
 

@@ -9,7 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rbd.tables import aggregate, experiment_table, load_curves, load_runs, render, wide_table
+from rbd.tables import (
+    aggregate,
+    experiment_table,
+    load_curves,
+    load_runs,
+    render,
+    step_seconds,
+    wide_table,
+)
 
 
 def make_run(
@@ -29,16 +37,20 @@ def make_run(
     grad_corr=0.05,
     num_params=101_770,
     num_coordinates=None,
+    metrics=None,
+    settings=None,
 ):
     """A run directory as `rbd train` writes it: run.json and one metrics row per epoch.
 
     `val_accs` is the validation accuracy of each finished epoch (a number: two
     epochs, the first at 11 %). A diverged run is written as train.py does: its
     status says so and metrics.csv holds the epochs finished before it diverged.
+    `metrics` adds columns (name -> one value per epoch), `settings` config entries.
     """
     if np.isscalar(val_accs):
         val_accs = [11.0, val_accs]
     name = f"{model}-{dataset}-{method}-{dim}-{distribution}-{compartments}-{switch}-{lr}-{seed}"
+    name += "".join(f"-{v}" for v in (settings or {}).values())
     run = root / name.replace(":", "_")
     run.mkdir()
     config = {
@@ -53,7 +65,7 @@ def make_run(
         "lr": lr,
         "epochs": len(val_accs),
         "augment": False,
-    }
+    } | (settings or {})
     record = {
         "config": config,
         "status": status,
@@ -72,6 +84,7 @@ def make_run(
             "val_acc": acc,
             "grad_corr_mean": grad_corr,
         }
+        | {column: values[e] for column, values in (metrics or {}).items()}
         for e, acc in enumerate(val_accs)
     ]
     pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
@@ -206,3 +219,118 @@ def test_curves_keep_every_epoch_and_diverged_runs(tmp_path):
     assert (tidy["experiment"] == "fig_curves").all() and len(tidy) == 4
     per_run = experiment_table(paths, "fig_dims", "dims")
     assert len(per_run) == 2 and np.isnan(per_run.loc[1, "val_acc"])
+
+
+def _timed(seconds, images=4000):
+    """metrics columns of an epoch of `images` images that took `seconds` each."""
+    return {"seconds": seconds, "images_per_s": [images / t for t in seconds]}
+
+
+def test_step_seconds_is_the_median_epoch_time_over_its_steps():
+    metrics = pd.DataFrame(_timed([2.0, 1.0, 1.5]))
+    # 4,000 images in batches of 32: 125 steps; the median epoch took 1.5 s.
+    assert step_seconds(metrics, 32) == pytest.approx(1.5 / 125)
+    # 4,001 images: the last, short batch is a step too.
+    assert step_seconds(pd.DataFrame(_timed([1.26], 4001)), 32) == pytest.approx(1.26 / 126)
+    # Distributed runs log their mean step time themselves.
+    metrics["step_s"] = [0.5, 0.25, 0.75]
+    assert step_seconds(metrics, 32) == pytest.approx(0.5)
+    assert np.isnan(step_seconds(pd.DataFrame({"val_acc": [1.0]}), 32))
+
+
+def test_bases_table_has_accuracy_and_step_time_against_sgd(tmp_path):
+    # (distribution, dim) -> accuracies of 3 seeds and seconds per epoch (125 steps).
+    cases = {
+        ("gaussian", 50): ([80.0, 82.0, 84.0], 5.0),
+        ("gaussian", 100): ([85.0, 86.0, 87.0], 10.0),
+        ("srht", 100): ([84.0, 85.0, 89.0], 0.5),
+    }
+    paths = [
+        make_run(
+            tmp_path,
+            "rbd",
+            s,
+            acc,
+            dim=d,
+            distribution=dist,
+            dataset="mnist5k",
+            metrics=_timed([t, t]),
+        )  # fmt: skip
+        for (dist, d), (accs, t) in cases.items()
+        for s, acc in enumerate(accs)
+    ]
+    paths += [
+        make_run(
+            tmp_path,
+            "sgd",
+            s,
+            90.0 + s,
+            dim=0,
+            distribution="none",
+            dataset="mnist5k",
+            metrics=_timed([0.25, 0.25]),
+        )  # fmt: skip
+        for s in range(2)
+    ]
+    table = experiment_table(paths, "fig_bases", "bases").set_index(["distribution", "dim"])
+    sgd_step, sgd_acc = 0.25 / 125, 90.5
+    srht = table.loc[("srht", 100)]
+    assert srht["n_seeds"] == 3 and srht["val_acc_mean"] == pytest.approx(86.0)
+    assert srht["val_acc_std"] == pytest.approx(np.std([84, 85, 89], ddof=1))
+    assert srht["step_s_mean"] == pytest.approx(0.5 / 125)
+    assert srht["step_ratio_sgd"] == pytest.approx((0.5 / 125) / sgd_step)
+    assert srht["frac_sgd"] == pytest.approx(86.0 / sgd_acc)
+    assert table.loc[("gaussian", 100), "step_ratio_sgd"] == pytest.approx(40.0)
+    assert table.loc[("none", 0), "step_ratio_sgd"] == pytest.approx(1.0)
+
+    wide = wide_table(experiment_table(paths, "fig_bases", "bases"), "bases")
+    assert list(wide.columns) == ["model-data", "D", "d", "Gaussian", "SRHT", "SGD"]
+    assert list(wide["d"]) == [50, 100]
+    assert wide.loc[1, "SRHT"] == (
+        f"86.00 ± {np.std([84, 85, 89], ddof=1):.2f} ({86 / sgd_acc:.2f})\n"
+        f"{1000 * 0.5 / 125:.1f} ms/step (2.0x SGD)"
+    )
+    assert wide.loc[0, "SRHT"] == "-"
+    assert (wide["SGD"] == f"90.50 ± 0.71\n{1000 * sgd_step:.1f} ms/step").all()
+    outputs = {suffix: tmp_path / f"b.{suffix}" for suffix in ("md", "tex")}
+    render(experiment_table(paths, "fig_bases", "bases"), "fig_bases", kind="bases", **outputs)
+    assert "| MNIST5k" not in outputs["md"].read_text()
+    assert "| FC-MNIST5k | 101,770 | 100 |" in outputs["md"].read_text()
+
+
+def test_scaling_table_keeps_timings_per_epoch_and_the_distributed_settings(tmp_path):
+    from rbd.plots import scaling_summary
+
+    paths = []
+    for workers, bases, step in ((1, "worker", 0.010), (2, "worker", 0.030), (2, "split", 0.012)):
+        timings = {
+            "workers": [workers] * 3,
+            "step_s": [step, 2 * step, step],
+            "compute_s": [step / 2] * 3,
+            "regen_s": [step / 4] * 3,
+            "comm_s": [step / 4] * 3,
+            "bytes_per_step": [workers * (100 if bases == "worker" else 50) * 4] * 3,
+            "sgd_bytes_per_step": [101_770 * 4] * 3,
+        }
+        paths.append(
+            make_run(
+                tmp_path,
+                "rbd",
+                0,
+                [50.0, 60.0, 70.0 + workers],
+                dim=100,
+                metrics=timings,
+                settings={"workers": workers, "bases": bases},
+            )  # fmt: skip
+        )
+    tidy = experiment_table(paths, "fig_scaling", "scaling")
+    assert len(tidy) == 9 and {"epoch", "step_s", "comm_s", "bytes_per_step"} <= set(tidy)
+    assert sorted(set(zip(tidy["workers"], tidy["bases"], strict=True))) == [
+        (1, "worker"), (2, "split"), (2, "worker")
+    ]  # fmt: skip
+    summary = scaling_summary(tidy).set_index(["bases", "workers"])
+    # Median over the epochs of each run: the slow middle epoch is left out.
+    assert summary.loc[("worker", 2), "step_s"] == pytest.approx(0.030)
+    assert summary.loc[("split", 2), "bytes_per_step"] == 400
+    assert summary.loc[("worker", 2), "bytes_per_step"] == 800
+    assert summary.loc[("worker", 1), "val_acc"] == 71.0
