@@ -1,4 +1,5 @@
 # Config validation and the functions that turn config into file lists.
+import math
 import os
 import shlex
 import sys
@@ -7,6 +8,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from rbd.config import (
+    FIGURE_TABLE_KINDS,
     OPT_IN_KINDS,
     TABLE_KINDS,
     ConfigError,
@@ -47,6 +49,10 @@ KINDS = {name: exp["kind"] for name, exp in config["experiments"].items()}
 TABLE_EXPERIMENTS = [name for name, kind in KINDS.items() if kind in TABLE_KINDS]
 FIGURE_EXPERIMENTS = [name for name, kind in KINDS.items() if kind not in TABLE_KINDS]
 SWEEP_EXPERIMENTS = [name for name, kind in KINDS.items() if kind == "lr_sweep"]
+# Figures with a table beside them (figures/X.md, .tex).
+FIGURE_TABLE_EXPERIMENTS = [
+    name for name, kind in KINDS.items() if kind in FIGURE_TABLE_KINDS
+]
 
 
 def one_of(names):
@@ -81,6 +87,52 @@ def train_args(run):
     return f"{parse_run_key(run).shell_args()} {shlex.join(operational)}"
 
 
+def run_workers(run):
+    """W of a distributed run (1 for a one-process run): its processes."""
+    return parse_run_key(run).workers or 1
+
+
+def train_threads(wildcards):
+    """CPUs of a training job: `threads` (config key) for each of its W workers."""
+    return run_workers(wildcards.run) * int(config.get("threads", 1))
+
+
+# Minutes per epoch on the full data set (mnist5k is 12x smaller), by model:
+# guesses for one GPU or a few CPU threads at d = 250, not measurements.
+# A job killed at its limit is retried (profile `retries`) with `attempt` times
+# the time and resumes from its checkpoint, so a low guess costs a restart.
+MINUTES_PER_EPOCH = {"fc": 0.5, "cnn": 1, "resnet8": 2}
+
+
+def train_runtime(wildcards, attempt):
+    """Wall-time limit of a training job in minutes (SLURM --time)."""
+    spec = parse_run_key(wildcards.run)
+    return attempt * (10 + math.ceil(spec.epochs * MINUTES_PER_EPOCH[spec.model]))
+
+
+def train_mem_mb(wildcards):
+    """4 GB hold a data set (CIFAR-10 at most) beside PyTorch; 1 GB more per extra worker."""
+    return 4000 + 1000 * (run_workers(wildcards.run) - 1)
+
+
+def uses_gpu():
+    return str(config.get("device", "auto")).startswith("cuda")
+
+
+def train_gpus(wildcards):
+    """GPUs of a training job: one per worker with device cuda, else none."""
+    return run_workers(wildcards.run) if uses_gpu() else 0
+
+
+def train_tasks(wildcards):
+    """SLURM tasks: one; `rbd train --workers W` spawns its W processes itself.
+
+    0 for a job with several GPUs: the SLURM plugin turns `tasks` into
+    --ntasks-per-gpu there, which would start W copies of the job.
+    """
+    return 0 if train_gpus(wildcards) > 1 else 1
+
+
 def data_ready(run):
     """The marker of a verified data set the run reads ([] for bundled data)."""
     dataset = parse_run_key(run).dataset
@@ -97,7 +149,7 @@ def description(experiment):
 def experiment_targets(name):
     """The files that make up experiment `name`."""
     targets = [f"figures/{name}.pdf", f"results/tables/{name}.csv"]
-    if name in TABLE_EXPERIMENTS:
+    if name in TABLE_EXPERIMENTS or name in FIGURE_TABLE_EXPERIMENTS:
         targets += [f"figures/{name}.md", f"figures/{name}.tex"]
     if name in SWEEP_EXPERIMENTS:
         targets.append(f"results/tables/{name}_best.yaml")

@@ -1,4 +1,5 @@
-# Aggregation of runs into tidy tables (every experiment), and the tables' rendering.
+# Aggregation of runs into tidy tables (every experiment), and the tables' rendering
+# (also the table beside a figure of kind `bases`).
 
 
 rule aggregate_experiment:
@@ -50,3 +51,31 @@ rule render_table:
         "{params.python} -m rbd render --experiment {wildcards.experiment:q} "
         "--kind {params.kind:q} --description {params.description:q} --csv {input.csv:q} "
         "--pdf {output.pdf:q} --md {output.md:q} --tex {output.tex:q} > {log:q} 2>&1"
+
+
+rule render_figure_table:
+    input:
+        csv="results/tables/{experiment}.csv",
+    output:
+        md=report(
+            "figures/{experiment}.md",
+            caption="../report/experiment.rst",
+            category="Tables",
+            labels={"experiment": "{experiment}", "format": "Markdown"},
+        ),
+        tex="figures/{experiment}.tex",
+    log:
+        "logs/tables/{experiment}.render.log",
+    wildcard_constraints:
+        experiment=one_of(FIGURE_TABLE_EXPERIMENTS),
+    conda:
+        "../../environment.yml"
+    params:
+        python=PYTHON,
+        kind=lambda wildcards: KINDS[wildcards.experiment],
+        description=lambda wildcards: description(wildcards.experiment),
+        n_runs=lambda wildcards: len(RUNS[wildcards.experiment]),
+    shell:
+        "{params.python} -m rbd render --experiment {wildcards.experiment:q} "
+        "--kind {params.kind:q} --description {params.description:q} --csv {input.csv:q} "
+        "--md {output.md:q} --tex {output.tex:q} > {log:q} 2>&1"

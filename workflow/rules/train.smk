@@ -11,7 +11,14 @@ rule train:
         "logs/train/{run}.log",
     conda:
         "../../environment.yml"
-    threads: config.get("threads", 1)
+    threads: train_threads
+    resources:
+        runtime=train_runtime,
+        mem_mb=train_mem_mb,
+        gpu=train_gpus,
+        # One task on one node with a CPU per thread of each of the W workers.
+        tasks=train_tasks,
+        cpus_per_task=train_threads,
     params:
         python=PYTHON,
         args=lambda wildcards: train_args(wildcards.run),
