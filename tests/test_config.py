@@ -52,6 +52,10 @@ BAD_CONFIGS = [
     ("switch after the end", (*T1, "switches"), ["sgd_first:9"], "switches"),
     ("bad device", ("device",), "tpu", "device"),
     ("no seeds", ("defaults", "seeds"), [], "defaults.seeds"),
+    ("zero workers", (*T1, "workers"), [0], "experiments.table1.workers.0"),
+    ("unknown bases", (*T1, "bases"), ["own"], "experiments.table1.bases.0"),
+    ("unknown combine", (*T1, "combine"), "max", "experiments.table1.combine"),
+    ("workers for NES", (*T1, "workers"), [2], "experiments.table1.workers"),
 ]
 
 
@@ -230,3 +234,24 @@ def test_min_num_params_is_the_smallest_model():
 
     sizes = [count_params(build_model(m, shape)) for m in MODELS for shape in INPUT_SHAPES.values()]
     assert MIN_NUM_PARAMS == min(sizes)
+
+
+def test_workers_expand_into_distributed_rbd_runs_only():
+    runs = expand_experiment(QUICK, "fig_scaling")
+    assert sorted((r.workers, r.bases, r.combine) for r in runs) == [
+        (1, "split", "sum"), (1, "worker", "sum"), (2, "split", "sum"), (2, "worker", "sum")
+    ]  # fmt: skip
+    assert {r.key.split("/")[4] for r in runs} == {
+        "lr-32.0_e-2_b-32_w-1", "lr-32.0_e-2_b-32_w-1_bases-split",
+        "lr-32.0_e-2_b-32_w-2", "lr-32.0_e-2_b-32_w-2_bases-split",
+    }  # fmt: skip
+    # SGD is never distributed: one plain SGD run serves every W; without
+    # `workers`, bases and combine do not enter the key.
+    config = copy.deepcopy(QUICK)
+    config["experiments"]["fig_scaling"]["methods"] = ["rbd", "sgd"]
+    sgd = [r for r in expand_experiment(config, "fig_scaling") if r.method == "sgd"]
+    assert [(r.workers, r.bases, r.combine) for r in sgd] == [(None, "worker", "sum")]
+    config["experiments"]["table1"] |= {"bases": ["split"], "combine": "mean"}
+    assert {r.key for r in expand_experiment(config, "table1")} == {
+        r.key for r in expand_experiment(QUICK, "table1")
+    }

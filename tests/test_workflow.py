@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
@@ -40,11 +41,15 @@ PAPER_TRAIN_JOBS = {
     "fig_curves": 4 * 3,  # RBD, FPD, NES, SGD at d = 500
     "fig_dims": (8 * 2 + 1) * 3,  # 8 dims x {RBD, FPD}, plus SGD
     "fig_switch": 2 * (7 * 3 + 3),  # 2 models x 7 switches of RBD, plus SGD
+    "fig_scaling": 5 * 2,  # W = 1, 2, 4, 8, 16 x bases worker, split; seed 0
+    "fig_bases": 3 * (4 * 3 + 1) * 3,  # 3 models x (4 distributions x 3 dims + SGD)
     "fig_lr": 6 * 4 * 24,  # 6 pairs x 4 methods x 2^5..2^-18, one seed
 }
 # Shared with an earlier experiment: fig_curves' SGD is table3's (same
 # augmented ResNet-8); fig_dims' d = 250 RBD/FPD and SGD, and fig_switch's
-# unswitched RBD and SGD, are table1's; table2's Gaussian RBD and SGD too.
+# unswitched RBD and SGD, are table1's; table2's Gaussian RBD and SGD too;
+# fig_bases' ResNet-8 SGD is table3's (fig_bases' FC and CNN are augmented,
+# table1's are not, so they share nothing else).
 PAPER_DEFAULT_JOBS = (
     PAPER_TRAIN_JOBS["table1"]
     + 6 * 3 * 3
@@ -52,9 +57,12 @@ PAPER_DEFAULT_JOBS = (
     + 3 * 3
     + 7 * 2 * 3
     + 2 * 6 * 3
+    + PAPER_TRAIN_JOBS["fig_scaling"]
+    + PAPER_TRAIN_JOBS["fig_bases"]
+    - 3
 )
 PAPER_DOWNLOADS = {"table1": 3, "table2": 3, "table3": 1, "fig_curves": 1, "fig_dims": 1,
-                   "fig_switch": 1, "fig_lr": 3}  # fmt: skip
+                   "fig_switch": 1, "fig_scaling": 1, "fig_bases": 1, "fig_lr": 3}  # fmt: skip
 
 
 @pytest.mark.parametrize("experiment", list(PAPER_TRAIN_JOBS))
@@ -70,14 +78,59 @@ def test_paper_preset_plans_each_experiments_grid(tmp_path, experiment):
     assert jobs.get("pick_learning_rates", 0) == (experiment == "fig_lr")
 
 
+def test_bases_experiment_also_builds_its_table(tmp_path):
+    proc = snakemake("-n", "--cores", "8", "--directory", tmp_path, "figures/fig_bases.md")
+    jobs = planned_jobs(proc)
+    assert jobs["render_figure_table"] == 1 and "plot_figure" not in jobs
+
+
+def _train_resources(stdout: str) -> dict[str, dict[str, str]]:
+    """run key -> the threads and resources of its planned train job (dry run output)."""
+    jobs = {}
+    for block in re.split(r"^\[.*\]$", stdout, flags=re.M):
+        run = re.search(r"wildcards: run=(\S+)", block)
+        resources = re.search(r"resources: (.+)", block)
+        if run and resources:
+            values = dict(item.split("=", 1) for item in resources[1].split(", "))
+            threads = re.search(r"threads: (\d+)", block)
+            values["threads"] = threads[1] if threads else "1"
+            jobs[run[1]] = values
+    return jobs
+
+
+def test_distributed_runs_ask_for_a_core_or_gpu_per_worker(tmp_path):
+    args = ("-n", "--cores", "64", "--directory", tmp_path, "figures/fig_scaling.pdf")
+    jobs = _train_resources(snakemake(*args).stdout)
+    assert len(jobs) == PAPER_TRAIN_JOBS["fig_scaling"]
+    for run, res in jobs.items():
+        workers = int(re.search(r"_w-(\d+)", run)[1])
+        assert res["threads"] == res["cpus_per_task"] == str(workers), (run, res)
+        assert res["tasks"] == "1" and res["gpu"] == "0"
+        assert res["runtime"] == str(10 + math.ceil(10 * 0.5))  # fc, 10 epochs
+        assert res["mem_mb"] == str(4000 + 1000 * (workers - 1))
+    jobs = _train_resources(snakemake(*args, "--config", "device=cuda").stdout)
+    for run, res in jobs.items():
+        workers = int(re.search(r"_w-(\d+)", run)[1])
+        assert res["gpu"] == str(workers)
+        # The SLURM plugin would read tasks as --ntasks-per-gpu: one job, not W.
+        assert res["tasks"] == ("1" if workers == 1 else "0")
+
+
+def test_train_runtime_grows_with_epochs_and_model(tmp_path):
+    args = ("-n", "--cores", "8", "--directory", tmp_path, "figures/table3.pdf")
+    jobs = _train_resources(snakemake(*args).stdout)
+    assert {res["runtime"] for res in jobs.values()} == {str(10 + 100 * 2)}  # resnet8
+
+
 def test_paper_default_target_builds_all_but_the_sweep_quickly(tmp_path):
     start = time.monotonic()
     proc = snakemake("-n", "--cores", "8", "--directory", tmp_path)
     seconds = time.monotonic() - start
     jobs = planned_jobs(proc)
-    assert jobs["train"] == PAPER_DEFAULT_JOBS == 240
-    assert jobs["aggregate_experiment"] == 6
-    assert jobs["render_table"] == 3 and jobs["plot_figure"] == 3
+    assert jobs["train"] == PAPER_DEFAULT_JOBS == 364
+    assert jobs["aggregate_experiment"] == 8
+    assert jobs["render_table"] == 3 and jobs["plot_figure"] == 5
+    assert jobs["render_figure_table"] == 1
     assert "pick_learning_rates" not in jobs and "fig_lr" not in proc.stdout
     assert seconds < 10, f"the dry run took {seconds:.1f} s"
 
@@ -107,9 +160,12 @@ def test_quick_preset_default_target_plans_every_experiment_but_the_sweep(tmp_pa
     # table1 (2 models x 4 methods x 2 seeds) + table2's other 3 distributions
     # (x 2 models x 2 seeds) + table3's 2 factors x {RBD, FPD} (cnn, 2 seeds) +
     # fig_dims' 3 other dims x {RBD, FPD} (fc, 2 seeds) + fig_switch's 4
-    # switches (fc, 2 seeds); fig_curves reuses table1's CNN runs.
-    assert jobs["train"] == 16 + 12 + 8 + 12 + 8
-    assert jobs["aggregate_experiment"] == 6
+    # switches (fc, 2 seeds); fig_curves reuses table1's CNN runs; fig_scaling's
+    # W = 1, 2 x 2 bases; fig_bases (fc, cnn, 3 seeds): SRHT and Fastfood at
+    # d = 50, 100 (24), Gaussian and Rademacher at d = 50 (12) and seed 2 of
+    # d = 100 (4; seeds 0, 1 are table2's), SGD seed 2 (2).
+    assert jobs["train"] == 16 + 12 + 8 + 12 + 8 + 4 + (24 + 12 + 4 + 2)
+    assert jobs["aggregate_experiment"] == 8
     assert "download_data" not in jobs and "pick_learning_rates" not in jobs
 
 
