@@ -12,28 +12,25 @@ import logging
 import sys
 from pathlib import Path
 
-METHODS = ("sgd", "rbd", "fpd", "nes")
-DISTRIBUTIONS = ("gaussian", "uniform", "rademacher", "bernoulli-official")
+
+def _int_at_least(minimum: int):
+    """An argparse type: an integer >= minimum, else an error naming the value."""
+    wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def _learning_rate(text: str) -> float:
@@ -63,23 +60,14 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _choices_from(module: str, name: str, fallback: tuple[str, ...]) -> tuple[str, ...]:
-    import importlib
-
-    try:
-        return tuple(getattr(importlib.import_module(module), name))
-    except (ImportError, AttributeError):
-        return fallback
-
-
 def _add_train_parser(sub) -> None:
     from rbd.data import DATASETS
     from rbd.models import MODELS
+    from rbd.optim import METHODS
+    from rbd.projection import DISTRIBUTIONS
 
-    methods = _choices_from("rbd.optim", "METHODS", METHODS)
-    distributions = _choices_from("rbd.projection", "DISTRIBUTIONS", DISTRIBUTIONS)
     p = sub.add_parser("train", help="train one run; resumes from DIR/checkpoint.pt if present")
-    p.add_argument("--method", required=True, choices=methods)
+    p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--model", required=True, choices=MODELS)
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--dim", type=_non_negative_int, default=250, help="subspace dimension d")
@@ -87,7 +75,7 @@ def _add_train_parser(sub) -> None:
         "--distribution",
         "--dist",
         default="gaussian",
-        choices=distributions + ("none",),
+        choices=DISTRIBUTIONS + ("none",),
         help="direction distribution",
     )
     p.add_argument("--seed", type=_non_negative_int, default=0)

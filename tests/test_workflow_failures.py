@@ -6,67 +6,48 @@ import json
 import subprocess
 import sys
 
+import pytest
+import torch
 import yaml
 from conftest import ROOT
 
 
-def test_diverged_run_is_marked_in_the_built_table(tmp_path):
+def build_table1(tmp_path, methods, **overrides) -> subprocess.CompletedProcess:
+    """Run the workflow for a one-epoch, one-seed fc Table 1 on mnist5k in tmp_path."""
     config = yaml.safe_load((ROOT / "config/quick.yaml").read_text())
-    config["preset"] = "divergence-test"
+    config |= {"preset": "failure-test", **overrides.pop("top", {})}
     config["defaults"] |= {"epochs": 1, "seeds": [0]}
-    config["learning_rates"]["rbd"]["fc-mnist5k"] = 1.0e12
+    for method, lr in overrides.pop("rates", {}).items():
+        config["learning_rates"][method]["fc-mnist5k"] = lr
     config["experiments"] = {
-        "table1": {
-            "kind": "method_table",
-            "models": ["fc"],
-            "datasets": ["mnist5k"],
-            "methods": ["sgd", "rbd"],
-            "dims": [10],
-        }
-    }
-    path = tmp_path / "diverge.yaml"
+        "table1": {"kind": "method_table", "models": ["fc"], "datasets": ["mnist5k"],
+                   "methods": methods, "dims": [10]}
+    }  # fmt: skip
+    path = tmp_path / "failure.yaml"
     path.write_text(yaml.safe_dump(config))
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", ROOT / "Snakefile", "--cores", "2",
          "--directory", tmp_path, f"--configfile={path}", "figures/table1.md"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
+
+
+def test_diverged_run_is_marked_in_the_built_table(tmp_path):
+    proc = build_table1(tmp_path, ["sgd", "rbd"], rates={"rbd": 1.0e12})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     records = [json.loads(p.read_text()) for p in (tmp_path / "results/runs").rglob("run.json")]
     assert sorted(r["status"] for r in records) == ["diverged", "done"]
-    lines = [
-        line for line in (tmp_path / "figures/table1.md").read_text().splitlines() if "|" in line
-    ]
+    table = (tmp_path / "figures/table1.md").read_text().splitlines()
+    lines = [line for line in table if "|" in line]
     header, row = lines[0].split("|"), lines[-1].split("|")
     cells = {name.strip(): cell.strip() for name, cell in zip(header, row, strict=True)}
     assert cells["RBD"].startswith("diverged")
     assert cells["SGD"].split()[0].replace(".", "").isdigit()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_failing_job_is_reported_with_its_log(tmp_path):
-    import pytest
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("needs a machine without CUDA to make the job fail")
-    config = yaml.safe_load((ROOT / "config/quick.yaml").read_text())
-    config |= {"preset": "failure-test", "device": "cuda"}
-    config["defaults"] |= {"epochs": 1, "seeds": [0]}
-    config["experiments"] = {
-        "table1": {
-            "kind": "method_table",
-            "models": ["fc"],
-            "datasets": ["mnist5k"],
-            "methods": ["sgd"],
-        }
-    }
-    path = tmp_path / "fail.yaml"
-    path.write_text(yaml.safe_dump(config))
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", ROOT / "Snakefile", "--cores", "1",
-         "--directory", tmp_path, f"--configfile={path}", "figures/table1.md"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    proc = build_table1(tmp_path, ["sgd"], top={"device": "cuda"})
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr
     assert "rbd: a job failed. Its log:" in output
