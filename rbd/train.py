@@ -389,6 +389,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, group=None) -> dict:
         "dim": cfg.dim,
         "num_params": num_params,
         "num_coordinates": _num_coordinates(optimizers[-1], cfg, num_params),
+        "compression": num_params / _num_coordinates(optimizers[-1], cfg, num_params),
         "status": status,
         "epochs_completed": len(rows),
         "final_val_acc": rows[-1]["val_acc"] if rows else None,

@@ -61,6 +61,8 @@ def test_rbd_run_writes_metrics_and_record(tmp_path):
     assert metrics["val_acc"].between(0, 100).all() and metrics["val_acc"].iloc[-1] > 20
     assert record["status"] == "done"
     assert record["num_params"] == 101_770 and record["dim"] == 250
+    assert record["num_coordinates"] == 250
+    assert record["compression"] == pytest.approx(101_770 / 250)
     assert record["method"] == "rbd" and record["config"]["lr"] == 4.0
     assert {"torch", "python", "rbd"} <= set(record["versions"])
     assert record["device"] == "cpu"
