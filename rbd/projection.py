@@ -624,38 +624,23 @@ def project(
                 coords.mul_(1.0 / math.sqrt(size))
             update = _structured_update(blocks, coords, size, normalize, device)
         return coords.to(grad.dtype), update.to(grad.dtype)
-    chunk = chunk_size or default_chunk_size(size, distribution)
-    starts = list(range(0, dim, chunk))
-    if workers is None:
-        workers = torch.get_num_threads() if device.type == "cpu" else 1
-    workers = max(1, min(workers, len(starts)))
-    scale = 1.0 / math.sqrt(size) if normalize else 1.0
     coords = torch.empty(dim, dtype=torch.float32, device=device)
-    seeds = list(seeds)
 
-    def run(worker: int) -> torch.Tensor:
-        scratch = _Scratch(min(chunk, dim), row_width(size), device)
-        update = torch.zeros(size, dtype=torch.float32, device=device)
-        for start in starts[worker::workers]:
-            stop = min(start + chunk, dim)
-            rows = _fill(scratch, seeds[start:stop], distribution)[:, :size]
-            c = torch.mv(rows, g).mul_(scale)
-            coords[start:stop] = c
-            # This chunk's share of Phi^T c, while its rows are in cache.
-            update.addmv_(rows.t(), c, alpha=scale)
-        return update
+    def chunk_coords(rows: torch.Tensor, start: int, stop: int, scale: float) -> torch.Tensor:
+        c = torch.mv(rows, g).mul_(scale)
+        coords[start:stop] = c
+        return c
 
-    if workers == 1 or dim == 0:
-        update = run(0) if dim else torch.zeros(size, dtype=torch.float32, device=device)
-    else:
-        # Torch releases the GIL inside ops, so the workers' generators run
-        # in parallel; partial updates are summed in worker order.
-        parts = _workers(workers).map([lambda w=w: run(w) for w in range(workers)])
-        update = parts[0]
-        for part in parts[1:]:
-            update.add_(part)
-    if not normalize and dim > 0:
-        update.div_(dim)
+    update = _dense_update(
+        seeds,
+        size,
+        distribution,
+        device,
+        normalize=normalize,
+        chunk_size=chunk_size,
+        workers=workers,
+        chunk_coords=chunk_coords,
+    )
     return coords.to(grad.dtype), update.to(grad.dtype)
 
 
@@ -689,13 +674,46 @@ def expand(
             blocks = StructuredBlocks(seeds, size, distribution, device) if dim else None
             update = _structured_update(blocks, c_all, size, normalize, device)
         return update.to(coords.dtype)
+    update = _dense_update(
+        seeds,
+        size,
+        distribution,
+        device,
+        normalize=normalize,
+        chunk_size=chunk_size,
+        workers=workers,
+        chunk_coords=lambda rows, start, stop, scale: c_all[start:stop],
+    )
+    return update.to(coords.dtype)
+
+
+def _dense_update(
+    seeds,
+    size: int,
+    distribution: str,
+    device: torch.device,
+    *,
+    normalize: bool,
+    chunk_size: int | None,
+    workers: int | None,
+    chunk_coords,
+) -> torch.Tensor:
+    """Phi^T c for dense distributions, drawing Phi chunk by chunk, never d x D.
+
+    ``chunk_coords(rows, start, stop, scale)`` returns the scaled coordinates of
+    rows ``start:stop`` (computed from g by :func:`project`, given to
+    :func:`expand`). Both share these chunks, workers and summation order, so
+    they agree bit for bit.
+    """
+    seeds, dim = list(seeds), len(seeds)
+    if dim == 0:
+        return torch.zeros(size, dtype=torch.float32, device=device)
     chunk = chunk_size or default_chunk_size(size, distribution)
     starts = list(range(0, dim, chunk))
     if workers is None:
         workers = torch.get_num_threads() if device.type == "cpu" else 1
     workers = max(1, min(workers, len(starts)))
     scale = 1.0 / math.sqrt(size) if normalize else 1.0
-    seeds = list(seeds)
 
     def run(worker: int) -> torch.Tensor:
         scratch = _Scratch(min(chunk, dim), row_width(size), device)
@@ -703,19 +721,22 @@ def expand(
         for start in starts[worker::workers]:
             stop = min(start + chunk, dim)
             rows = _fill(scratch, seeds[start:stop], distribution)[:, :size]
-            update.addmv_(rows.t(), c_all[start:stop], alpha=scale)
+            # This chunk's share of Phi^T c, while its rows are in cache.
+            update.addmv_(rows.t(), chunk_coords(rows, start, stop, scale), alpha=scale)
         return update
 
-    if workers == 1 or dim == 0:
-        update = run(0) if dim else torch.zeros(size, dtype=torch.float32, device=device)
+    if workers == 1:
+        update = run(0)
     else:
+        # Torch releases the GIL inside ops, so the workers' generators run
+        # in parallel; partial updates are summed in worker order.
         parts = _workers(workers).map([lambda w=w: run(w) for w in range(workers)])
         update = parts[0]
         for part in parts[1:]:
             update.add_(part)
-    if not normalize and dim > 0:
+    if not normalize:
         update.div_(dim)
-    return update.to(coords.dtype)
+    return update
 
 
 @contextmanager
