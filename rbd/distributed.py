@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from rbd.optim import RBD, Compartment
+from rbd.optim import RBD, Compartment, step_stats
 from rbd.projection import expand, project
 
 log = logging.getLogger("rbd.distributed")
@@ -296,11 +296,7 @@ class DistributedRBD(RBD):
         _sync(device)
         regen_s = time.perf_counter() - start
         coords = _used(gathered, self, widths, offsets)
-        denom = math.sqrt(norm_u * norm_g)
-        self.stats = {
-            "grad_corr": dot / denom if denom > 0 else float("nan"),
-            "coord_mean": float(coords.mean()) if coords.numel() else float("nan"),
-            "coord_std": float(coords.std()) if coords.numel() > 1 else float("nan"),
+        self.stats = step_stats(dot, norm_u, norm_g, [coords]) | {
             "comm_s": comm_s,
             "regen_s": regen_s,
         }

@@ -109,6 +109,18 @@ def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors]) if tensors else torch.zeros(0)
 
 
+def step_stats(dot: float, norm_u: float, norm_g: float, coords: list) -> dict[str, float]:
+    """A step's statistics: ``grad_corr``, the cosine between the applied update and
+    the gradient (from <u, g>, |u|^2, |g|^2), and the coordinates' mean and std."""
+    c = torch.cat(coords) if coords else torch.zeros(0)
+    denom = math.sqrt(norm_u * norm_g)
+    return {
+        "grad_corr": dot / denom if denom > 0 else float("nan"),
+        "coord_mean": float(c.mean()) if c.numel() else float("nan"),
+        "coord_std": float(c.std()) if c.numel() > 1 else float("nan"),
+    }
+
+
 class _RandomBases(torch.optim.Optimizer):
     """Shared set-up of RBD and FPD: validation, compartments, the step loop."""
 
@@ -220,13 +232,7 @@ class _RandomBases(torch.optim.Optimizer):
             dot += lr * float(torch.dot(update, g))
             norm_u += lr * lr * float(torch.dot(update, update))
             norm_g += float(torch.dot(g, g))
-        coords = torch.cat(all_coords) if all_coords else torch.zeros(0)
-        denom = math.sqrt(norm_u * norm_g)
-        self.stats = {
-            "grad_corr": dot / denom if denom > 0 else float("nan"),
-            "coord_mean": float(coords.mean()) if coords.numel() else float("nan"),
-            "coord_std": float(coords.std()) if coords.numel() > 1 else float("nan"),
-        }
+        self.stats = step_stats(dot, norm_u, norm_g, all_coords)
         return loss
 
 
@@ -356,13 +362,7 @@ class RBD(_RandomBases):
                 dot += lr * float(torch.dot(update, g))
                 norm_u += lr * lr * float(torch.dot(update, update))
                 norm_g += float(torch.dot(g, g))
-        coords = torch.cat(all_coords) if all_coords else torch.zeros(0)
-        denom = math.sqrt(norm_u * norm_g)
-        self.stats = {
-            "grad_corr": dot / denom if denom > 0 else float("nan"),
-            "coord_mean": float(coords.mean()) if coords.numel() else float("nan"),
-            "coord_std": float(coords.std()) if coords.numel() > 1 else float("nan"),
-        }
+        self.stats = step_stats(dot, norm_u, norm_g, all_coords)
         return loss
 
 
