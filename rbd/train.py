@@ -16,6 +16,7 @@ import math
 import platform
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -476,6 +477,20 @@ def _new_epoch_accumulator() -> dict:
     return {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "stats": {}}
 
 
+@contextmanager
+def unchanged_buffers(model: torch.nn.Module):
+    """Batch norm's running statistics move once per step, with the step's own forward
+    pass; the extra forward passes of NES (perturbed parameters) and of forward-mode
+    coordinates must not move them again."""
+    saved = [buffer.clone() for buffer in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(model.buffers(), saved, strict=True):
+                buffer.copy_(value)
+
+
 def _train_step(model, optimizer, method: str, x, y) -> tuple[float, torch.Tensor]:
     """One optimiser step on (x, y); returns the minibatch loss and logits before the step."""
     optimizer.zero_grad(set_to_none=True)
@@ -491,13 +506,15 @@ def _train_step(model, optimizer, method: str, x, y) -> tuple[float, torch.Tenso
             with torch.no_grad():
                 return F.cross_entropy(model(x), y)
 
-        optimizer.step(closure)
+        with unchanged_buffers(model):
+            optimizer.step(closure)
         return loss.item(), logits
     if getattr(optimizer, "coordinates", "backward") == "forward":  # RBD by jvps
         with torch.no_grad():
             logits = model(x)
             loss = F.cross_entropy(logits, y)
-        optimizer.step(module_loss(model, lambda out: F.cross_entropy(out, y), x))
+        with unchanged_buffers(model):
+            optimizer.step(module_loss(model, lambda out: F.cross_entropy(out, y), x))
         return loss.item(), logits
     logits = model(x)
     loss = F.cross_entropy(logits, y)

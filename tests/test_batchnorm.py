@@ -1,0 +1,32 @@
+"""Batch norm under every optimiser: running statistics are buffers, moved once per step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rbd.models import build_model, count_params
+from rbd.optim import build_optimizer
+from rbd.train import _train_step
+
+
+@pytest.mark.parametrize("method", ["sgd", "rbd", "fpd", "nes"])
+def test_running_statistics_move_exactly_as_one_forward_pass(method):
+    torch.manual_seed(0)
+    model = build_model("resnet8", (3, 32, 32))
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    # Independent reference: one train-mode forward pass of a copy moves the statistics.
+    reference = build_model("resnet8", (3, 32, 32))
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        reference(x)
+    opt = build_optimizer(method, model.parameters(), lr=1e-3, dim=20, seed=0)
+    model.train()
+    _train_step(model, opt, method, x, y)
+    for (name, got), want in zip(model.named_buffers(), reference.buffers(), strict=True):
+        assert torch.equal(got, want), name
+    # The statistics are not parameters, so no optimiser ever projects them.
+    assert count_params(model) == sum(p.numel() for p in model.parameters())
+    assert not any(b.requires_grad for b in model.buffers())
+    assert F.cross_entropy(model(x), y).isfinite()
