@@ -161,10 +161,10 @@ def test_quick_preset_default_target_plans_every_experiment_but_the_sweep(tmp_pa
     # (x 2 models x 2 seeds) + table3's 2 factors x {RBD, FPD} (cnn, 2 seeds) +
     # fig_dims' 3 other dims x {RBD, FPD} (fc, 2 seeds) + fig_switch's 4
     # switches (fc, 2 seeds); fig_curves reuses table1's CNN runs; fig_scaling's
-    # W = 1, 2 x 2 bases; fig_bases (fc, cnn, 3 seeds): SRHT and Fastfood at
-    # d = 50, 100 (24), Gaussian and Rademacher at d = 50 (12) and seed 2 of
-    # d = 100 (4; seeds 0, 1 are table2's), SGD seed 2 (2).
-    assert jobs["train"] == 16 + 12 + 8 + 12 + 8 + 4 + (24 + 12 + 4 + 2)
+    # W = 1, 2 x 2 bases; fig_bases (fc, cnn, d = 100, 3 seeds): SRHT and
+    # Fastfood (12), seed 2 of Gaussian and Rademacher (4; seeds 0, 1 are
+    # table2's), SGD seed 2 (2).
+    assert jobs["train"] == 16 + 12 + 8 + 12 + 8 + 4 + (12 + 4 + 2)
     assert jobs["aggregate_experiment"] == 8
     assert "download_data" not in jobs and "pick_learning_rates" not in jobs
 
