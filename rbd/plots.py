@@ -354,7 +354,7 @@ def plot_scaling(curves: pd.DataFrame, path, title: str | None = None) -> None:
     time_ax.set_xticks(range(len(workers)), [str(w) for w in workers])
     time_ax.set(xlabel="workers W", ylabel="time per step (ms, median over epochs)",
                 title="time per step: compute, regeneration, communication")  # fmt: skip
-    time_ax.legend(fontsize=6)
+    time_ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(0, -0.18), ncol=2)
     if "sgd_bytes_per_step" in summary and summary["sgd_bytes_per_step"].notna().any():
         sgd = summary.groupby("workers")["sgd_bytes_per_step"].mean()
         bytes_ax.plot(sgd.index, sgd.values, color=METHOD_COLORS["sgd"], linestyle="--",
@@ -366,6 +366,7 @@ def plot_scaling(curves: pd.DataFrame, path, title: str | None = None) -> None:
     bytes_ax.legend(fontsize=7)
     for ax in axes[1][2:]:
         ax.axis("off")
+    fig.tight_layout()
     _title(fig, title)
     save_pdf(fig, path)
 
@@ -410,8 +411,12 @@ def plot_bases(table: pd.DataFrame, path, title: str | None = None) -> None:
                    ylabel="validation accuracy (%)")  # fmt: skip
         time_ax.set(xscale="log", yscale="log", title=pair, xlabel="d (directions)",
                     ylabel="time per step (ms)")  # fmt: skip
+        dims = sorted({int(d) for d in sub.loc[sub["method"] != "sgd", "dim"]})
         for ax in (acc_ax, time_ax):
+            ax.set_xticks(dims, [str(d) for d in dims])
+            ax.minorticks_off()
             ax.legend(fontsize=7)
+    fig.tight_layout()
     _title(fig, title)
     save_pdf(fig, path)
 
