@@ -148,7 +148,8 @@ def test_quick_preset_plans_only_its_own_runs(tmp_path):
     jobs = planned_jobs(proc)
     quick = yaml.safe_load((ROOT / "config/quick.yaml").read_text())
     t1 = quick["experiments"]["table1"]
-    assert jobs["train"] == len(t1["models"]) * len(t1["methods"]) * len(quick["defaults"]["seeds"])
+    seeds = t1.get("seeds", quick["defaults"]["seeds"])
+    assert jobs["train"] == len(t1["models"]) * len(t1["methods"]) * len(seeds)
     assert "cifar10" not in proc.stdout and "fashion_mnist" not in proc.stdout
 
 
@@ -164,7 +165,7 @@ def test_quick_preset_default_target_plans_every_experiment_but_the_sweep(tmp_pa
     # W = 1, 2 x 2 bases; fig_bases (fc, cnn, d = 100, 3 seeds): SRHT and
     # Fastfood (12), seed 2 of Gaussian and Rademacher (4; seeds 0, 1 are
     # table2's), SGD seed 2 (2).
-    assert jobs["train"] == 16 + 12 + 8 + 12 + 8 + 4 + (12 + 4 + 2)
+    assert jobs["train"] == 24 + 12 + 8 + 12 + 8 + 4 + (12 + 4 + 2)
     assert jobs["aggregate_experiment"] == 8
     assert "download_data" not in jobs and "pick_learning_rates" not in jobs
 
