@@ -182,7 +182,7 @@ def test_tiny_preset_end_to_end_with_report(tmp_path):
     config = yaml.safe_load((ROOT / "config/quick.yaml").read_text())
     config["preset"] = "tiny-test"
     config["defaults"] |= {"epochs": 2, "seeds": [0, 1], "dim": 20}
-    small = {"models": ["fc"], "methods": ["sgd", "rbd"]}
+    small = {"models": ["fc"], "methods": ["sgd", "rbd"], "seeds": [0, 1]}
     config["experiments"] = {
         "table1": config["experiments"]["table1"] | small,
         "fig_dims": config["experiments"]["fig_dims"] | small | {"dims": [10, 20]},
