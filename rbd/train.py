@@ -381,6 +381,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, group=None) -> dict:
         checkpoint()
         last_checkpoint = time.monotonic()
 
+    # SGD trains every parameter: D coordinates, compression 1.
+    num_coordinates = int(getattr(optimizers[-1], "num_coordinates", num_params))
     record = {
         "run_key": cfg.spec.key,
         "config": dataclasses.asdict(cfg),
@@ -389,8 +391,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, group=None) -> dict:
         "dataset": cfg.dataset,
         "dim": cfg.dim,
         "num_params": num_params,
-        "num_coordinates": _num_coordinates(optimizers[-1], cfg, num_params),
-        "compression": num_params / _num_coordinates(optimizers[-1], cfg, num_params),
+        "num_coordinates": num_coordinates,
+        "compression": num_params / num_coordinates,
         "status": status,
         "epochs_completed": len(rows),
         "final_val_acc": rows[-1]["val_acc"] if rows else None,
@@ -524,10 +526,6 @@ def _train_step(model, optimizer, method: str, x, y) -> tuple[float, torch.Tenso
     else:
         optimizer.step()
     return loss.item(), logits.detach()
-
-
-def _num_coordinates(optimizer, cfg: TrainConfig, num_params: int) -> int:
-    return int(getattr(optimizer, "num_coordinates", num_params))
 
 
 def _progress(total: int, done: int, label: str, rank: int = 0):
