@@ -62,9 +62,10 @@ def _is_number(text: str) -> bool:
 
 def _add_train_parser(sub) -> None:
     from rbd.data import DATASETS
-    from rbd.models import MODELS
+    from rbd.models import INITS, MODELS
     from rbd.optim import METHODS
     from rbd.projection import DISTRIBUTIONS
+    from rbd.train import NES_BATCHES
 
     p = sub.add_parser("train", help="train one run; resumes from DIR/checkpoint.pt if present")
     p.add_argument("--method", required=True, choices=METHODS)
@@ -100,6 +101,18 @@ def _add_train_parser(sub) -> None:
         help="learning rate of the SGD phase when switching",
     )
     p.add_argument("--nes-sigma", type=_positive_float, default=0.01)
+    p.add_argument(
+        "--nes-batches",
+        default="offspring",
+        choices=NES_BATCHES,
+        help="NES: each offspring on its own minibatch (the authors') or all on one",
+    )
+    p.add_argument(
+        "--init",
+        default="glorot",
+        choices=INITS,
+        help="initial weights: glorot (Keras, as the authors) or torch (PyTorch defaults)",
+    )
     p.add_argument("--out", required=True, type=Path, help="run directory")
     p.add_argument("--data-dir", default=None, help="data root (default: $RBD_DATA_DIR)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -34,7 +34,18 @@ GRID_KEYS = {
     "bases": "bases",
 }
 # Scalar settings an experiment may override; the same keys form `defaults`.
-SCALAR_KEYS = ("epochs", "batch_size", "normalize", "augment", "nes_sigma", "combine")
+SCALAR_KEYS = (
+    "epochs",
+    "batch_size",
+    "normalize",
+    "augment",
+    "init",
+    "nes_sigma",
+    "nes_batches",
+    "combine",
+)
+# Settings only NES reads: other methods' runs keep the defaults, so they stay shared.
+NES_KEYS = ("nes_sigma", "nes_batches")
 # How an experiment is shown: the three table layouts, and the figure kinds.
 TABLE_KINDS = ("method_table", "distribution_table", "compression_table")
 FIGURE_KINDS = ("curves", "dims", "switch", "lr_sweep", "scaling", "bases")
@@ -182,7 +193,8 @@ def expand_experiment(config: dict, name: str) -> list[RunSpec]:
     """The experiment's runs: the product of its lists, defaults filled in, in a stable order.
 
     Settings that do not apply to a run are normalised so that equal runs
-    share one key: SGD has no dim, distribution, compartments or switch.
+    share one key: SGD has no dim, distribution, compartments or switch, and only
+    NES has a sigma and offspring batches.
     """
     exp, defaults = _experiment(config, name), config.get("defaults", {})
     grid = {}
@@ -205,6 +217,8 @@ def expand_experiment(config: dict, name: str) -> list[RunSpec]:
             # The subspace settings do not apply; one SGD run serves every dim/distribution.
             settings |= {"dim": 0, "distribution": "none", "compartments": "none"}
             settings["switch"] = "none"
+        if method != "nes":
+            settings = {k: v for k, v in settings.items() if k not in NES_KEYS}
         if method == "sgd" or settings.get("workers") is None:
             # Bases and combining only exist with workers; SGD is never distributed.
             settings |= {"workers": None, "bases": "worker", "combine": "sum"}

@@ -460,9 +460,15 @@ class NES(torch.optim.Optimizer):
     .. math:: \theta \leftarrow \theta - \frac{\eta}{\sigma d} \sum_i r_i \epsilon_i
 
     ``step(closure)`` needs a closure returning the minibatch loss; it is
-    called d times under ``torch.no_grad()``. Only ``compartments="none"``.
+    called once at theta and once per offspring, all on the closure's one
+    minibatch, under ``torch.no_grad()``. ``step(offspring=closures)``
+    instead evaluates offspring i with ``closures[i]``, each on its own
+    minibatch, as the authors' NES does (a population of ``len(closures)``
+    <= d; the rank weights and the 1/(sigma n) use that n). Only
+    ``compartments="none"``.
     With ``normalize=True`` the eps_i are divided by sqrt(D) (default False:
-    raw draws, as in the paper). ``stats`` holds ``loss`` (at theta),
+    raw draws, as in the paper). ``stats`` holds ``loss`` (at theta; with
+    ``offspring``, their mean),
     ``coord_mean``/``coord_std`` of the rank weights r_i, and ``grad_corr``
     between the update and ``p.grad`` when every parameter has a gradient
     (NaN otherwise).
@@ -522,40 +528,50 @@ class NES(torch.optim.Optimizer):
             offset += n
 
     @torch.no_grad()
-    def step(self, closure=None):
-        if closure is None:
-            raise ValueError("NES.step needs a closure that returns the minibatch loss")
+    def step(self, closure=None, offspring=None):
+        if closure is None and offspring is None:
+            raise ValueError(
+                "NES.step needs a closure that returns the minibatch loss, "
+                "or offspring=[one closure per offspring]"
+            )
+        population = self.dim if offspring is None else len(offspring)
+        if not 0 < population <= self.dim:
+            raise ValueError(f"NES.step: {population} offspring closures for dim={self.dim}")
+        if self.antithetic and population % 2:
+            raise ValueError(f"NES.step: antithetic pairs need an even population: {population}")
         params = self._params()
         group = self.param_groups[0]
         lr, step = group["lr"], group["step"]
         theta = _flat([p.detach() for p in params])
         size = theta.numel()
-        draws = self.dim // 2 if self.antithetic else self.dim
+        draws = population // 2 if self.antithetic else population
         seeds = step_seeds(self.seed, step, 0, self.worker, draws)
         scale = 1.0 / math.sqrt(size) if self.normalize else 1.0
-        loss = float(closure())
-        fitness = torch.empty(self.dim, dtype=torch.float64)
+        evaluate = [closure] * population if offspring is None else offspring
+        loss = float(closure()) if closure is not None else math.nan
+        fitness = torch.empty(population, dtype=torch.float64)
+        signs = (1.0, -1.0) if self.antithetic else (1.0,)
         for i, s in enumerate(seeds):
             eps = generate_directions([s], size, self.distribution, device=theta.device)[0]
             eps = eps.mul_(scale).to(theta.dtype)
-            signs = (1.0, -1.0) if self.antithetic else (1.0,)
             for j, sign in enumerate(signs):
+                k = i * len(signs) + j
                 self._set(params, theta + (sign * self.sigma) * eps)
-                fitness[i * len(signs) + j] = float(closure())
-        ranks = torch.empty(self.dim, dtype=torch.float64)
-        ranks[fitness.argsort(stable=True)] = torch.arange(self.dim, dtype=torch.float64)
-        weights = ranks / max(self.dim - 1, 1) - 0.5
+                fitness[k] = float(evaluate[k]())
+        ranks = torch.empty(population, dtype=torch.float64)
+        ranks[fitness.argsort(stable=True)] = torch.arange(population, dtype=torch.float64)
+        weights = ranks / max(population - 1, 1) - 0.5
         if self.antithetic:
             # eps_i and -eps_i: their weights combine into one per draw.
             w = (weights[0::2] - weights[1::2]).float()
         else:
             w = weights.float()
         direction = torch.zeros_like(theta)
-        # The second pass regenerates each eps_i instead of keeping d x D.
+        # The second pass regenerates each eps_i instead of keeping n x D.
         for i, s in enumerate(seeds):
             eps = generate_directions([s], size, self.distribution, device=theta.device)[0]
             direction.add_(eps.to(theta.dtype), alpha=float(w[i]) * scale)
-        direction.mul_(1.0 / (self.sigma * self.dim))
+        direction.mul_(1.0 / (self.sigma * population))
         self._set(params, theta - lr * direction)
         for g in self.param_groups:
             g["step"] += 1
@@ -566,10 +582,12 @@ class NES(torch.optim.Optimizer):
             denom = float(g.norm() * direction.double().norm())
             if denom > 0:
                 corr = float(torch.dot(g, direction.double())) / denom
+        if offspring is not None:
+            loss = float(fitness.mean())  # the offspring's mean loss, as the authors report
         self.stats = {
             "grad_corr": corr,
             "coord_mean": float(weights.mean()),
-            "coord_std": float(weights.std()),
+            "coord_std": float(weights.std()) if population > 1 else 0.0,
             "loss": loss,
         }
         return loss

@@ -32,6 +32,12 @@ class RunSpec:
     switch: str = "none"
     sgd_lr: float | None = None
     nes_sigma: float = 0.01
+    # NES: "offspring" evaluates each offspring on its own minibatch, so one update
+    # consumes d minibatches (the authors' code; an epoch is the training set seen once);
+    # "shared" evaluates all d on one minibatch (one update per minibatch).
+    nes_batches: str = "offspring"
+    # Initial weights: "glorot" (Keras's defaults, as the authors' models) or "torch".
+    init: str = "glorot"
     # Distributed RBD (rbd.distributed); None: one process, no process group.
     workers: int | None = None
     bases: str = "worker"
@@ -71,6 +77,8 @@ _OPTION_TOKENS = {
     "switch": "sw",
     "sgd_lr": "slr",
     "nes_sigma": "sig",
+    "nes_batches": "nb",
+    "init": "init",
     "workers": "w",
     "bases": "bases",
     "combine": "comb",

@@ -39,6 +39,8 @@ RUN_JSON = "run.json"
 TIMING_COLUMNS = ("seconds", "images_per_s")
 STAT_SUMMARIES = ("mean", "std", "min", "max")
 STATUS_DONE, STATUS_DIVERGED = "done", "diverged"
+# NES: each offspring on its own minibatch (the authors'), or all on one.
+NES_BATCHES = ("offspring", "shared")
 SWITCH_KINDS = ("sgd_first", "sgd_last")
 
 
@@ -209,10 +211,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, group=None) -> dict:
     val_x, val_y = data.val_x.to(device), data.val_y.to(device)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, tuple(train_x.shape[1:])).to(device)
+    model = build_model(cfg.model, tuple(train_x.shape[1:]), init=cfg.init).to(device)
     num_params = count_params(model)
     if cfg.method != "sgd" and cfg.dim > num_params:
         raise ValueError(f"dim={cfg.dim} exceeds the model's {num_params} parameters")
+    if cfg.nes_batches not in NES_BATCHES:
+        raise ValueError(f"nes_batches {cfg.nes_batches!r}: choose one of {NES_BATCHES}")
 
     schedule = phases(cfg)
     optimizers = [
@@ -305,16 +309,27 @@ def train(cfg: TrainConfig, out_dir: str | Path, group=None) -> dict:
         epoch_start = time.monotonic()
         stats = StepStats(epoch_acc["stats"])
         bar = _progress(num_batches, next_batch, f"epoch {epoch + 1}/{cfg.epochs}", rank)
+        # Minibatches per update: NES with offspring batches spends one per offspring
+        # (the epoch's last update takes what is left of it), every other method one.
+        per_update = cfg.dim if phase.method == "nes" and cfg.nes_batches == "offspring" else 1
         while next_batch < num_batches:
             step_start = time.perf_counter()
-            idx = permutation[next_batch * global_batch : (next_batch + 1) * global_batch]
-            if group is not None:
-                idx = group.shard(idx)
-            x, y = train_x[idx], train_y[idx]
-            if augmentation is not None:
-                x = augmentation(x, aug_gen)
-            x = preprocess(cfg.dataset, x)
-            loss, logits = _train_step(model, optimizer, phase.method, x, y)
+            count = min(per_update, num_batches - next_batch)
+            batches = []
+            for b in range(next_batch, next_batch + count):
+                idx = permutation[b * global_batch : (b + 1) * global_batch]
+                if group is not None:
+                    idx = group.shard(idx)
+                x, y = train_x[idx], train_y[idx]
+                if augmentation is not None:
+                    x = augmentation(x, aug_gen)
+                batches.append((preprocess(cfg.dataset, x), y))
+            if per_update > 1:
+                loss, correct, seen = _nes_offspring_step(model, optimizer, batches)
+            else:
+                ((x, y),) = batches
+                loss, logits = _train_step(model, optimizer, phase.method, x, y)
+                correct, seen = int((logits.argmax(1) == y).sum()), len(y)
             if group is not None:
                 # All workers see the same gathered coordinates, hence agree.
                 loss = math.nan if optimizer.diverged else loss
@@ -324,12 +339,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, group=None) -> dict:
                 log.warning("diverged at epoch %d batch %d: loss %s", epoch + 1, next_batch, loss)
                 break
             stats.add(getattr(optimizer, "stats", {}))
-            epoch_acc["loss"] += loss * len(y)
-            epoch_acc["correct"] += int((logits.argmax(1) == y).sum())
-            epoch_acc["seen"] += len(y)
-            next_batch += 1
+            epoch_acc["loss"] += loss * seen
+            epoch_acc["correct"] += correct
+            epoch_acc["seen"] += seen
+            epoch_acc["updates"] += 1
+            next_batch += count
             if bar is not None:
-                bar.update(1)
+                bar.update(count)
             if (
                 time.monotonic() - last_checkpoint > checkpoint_every
                 if group is None
@@ -364,6 +380,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, group=None) -> dict:
             "train_acc": 100.0 * epoch_acc["correct"] / seen,
             "val_loss": val_loss,
             "val_acc": val_acc,
+            "updates": epoch_acc["updates"],
             **stats.summary(SUMMARISED_STATS),
             "seconds": seconds,
             "images_per_s": seen / seconds if seconds > 0 else math.nan,
@@ -476,7 +493,7 @@ def _distributed_columns(optimizer, stats: StepStats, world: int, num_params: in
 
 
 def _new_epoch_accumulator() -> dict:
-    return {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "stats": {}}
+    return {"loss": 0.0, "correct": 0, "seen": 0, "updates": 0, "seconds": 0.0, "stats": {}}
 
 
 @contextmanager
@@ -526,6 +543,32 @@ def _train_step(model, optimizer, method: str, x, y) -> tuple[float, torch.Tenso
     else:
         optimizer.step()
     return loss.item(), logits.detach()
+
+
+def _nes_offspring_step(model, optimizer, batches) -> tuple[float, int, int]:
+    """One NES update whose offspring i is scored on ``batches[i]``, as in the authors'
+    code; returns the offspring's mean loss, and their correct count and images (what the
+    authors report as training loss and accuracy: no extra unperturbed passes).
+
+    A model with batch norm gets one unperturbed forward pass on the first minibatch, so
+    that its running statistics move once per update, as under every other method."""
+    correct = [0]
+    if any(True for _ in model.buffers()):
+        with torch.no_grad():
+            model(batches[0][0])
+
+    def offspring(x, y):
+        def closure():
+            logits = model(x)
+            correct[0] += int((logits.argmax(1) == y).sum())
+            return F.cross_entropy(logits, y)
+
+        return closure
+
+    optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad(), unchanged_buffers(model):
+        loss = optimizer.step(offspring=[offspring(x, y) for x, y in batches])
+    return loss, correct[0], sum(len(y) for _, y in batches)
 
 
 def _progress(total: int, done: int, label: str, rank: int = 0):

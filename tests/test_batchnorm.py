@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -30,3 +32,21 @@ def test_running_statistics_move_exactly_as_one_forward_pass(method):
     assert count_params(model) == sum(p.numel() for p in model.parameters())
     assert not any(b.requires_grad for b in model.buffers())
     assert F.cross_entropy(model(x), y).isfinite()
+
+
+def test_nes_offspring_update_moves_statistics_once_on_its_first_minibatch():
+    from rbd.train import _nes_offspring_step
+
+    torch.manual_seed(0)
+    model = build_model("resnet8", (3, 32, 32))
+    batches = [(torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(3)]
+    reference = build_model("resnet8", (3, 32, 32))
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        reference(batches[0][0])
+    opt = build_optimizer("nes", model.parameters(), lr=1e-3, dim=3, seed=0)
+    model.train()
+    loss, correct, seen = _nes_offspring_step(model, opt, batches)
+    for (name, got), want in zip(model.named_buffers(), reference.buffers(), strict=True):
+        assert torch.equal(got, want), name
+    assert seen == 12 and 0 <= correct <= 12 and math.isfinite(loss)

@@ -218,6 +218,19 @@ def test_sgd_runs_drop_subspace_settings_and_are_shared():
     assert switched and all(r.sgd_lr is not None for r in switched)
 
 
+def test_nes_settings_reach_only_nes_runs():
+    config = copy.deepcopy(QUICK)
+    config["defaults"] |= {"nes_sigma": 0.05, "nes_batches": "shared", "init": "torch"}
+    runs = expand_experiment(config, "table1")
+    nes = [r for r in runs if r.method == "nes"]
+    others = [r for r in runs if r.method != "nes"]
+    assert nes and {(r.nes_sigma, r.nes_batches) for r in nes} == {(0.05, "shared")}
+    assert {(r.nes_sigma, r.nes_batches) for r in others} == {(0.01, "offspring")}
+    assert {r.init for r in runs} == {"torch"}
+    assert all("sig-" not in r.key and "nb-" not in r.key for r in others)
+    assert all("nb-shared" in r.key and "init-torch" in r.key for r in nes)
+
+
 def test_equal_runs_of_two_experiments_have_one_key():
     fig_dims = {r.key for r in expand_experiment(QUICK, "fig_dims")}
     table1 = {r.key for r in expand_experiment(QUICK, "table1")}

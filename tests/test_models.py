@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -71,3 +73,42 @@ def test_count_params_skips_frozen_parameters():
 def test_unknown_model_is_rejected():
     with pytest.raises(ValueError, match="fc, cnn, resnet8"):
         build_model("vgg", CIFAR)
+
+
+def _layers(model):
+    return [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+
+
+def _fans(layer):
+    receptive = layer.weight[0, 0].numel() if layer.weight.dim() > 2 else 1
+    return layer.weight.shape[1] * receptive, layer.weight.shape[0] * receptive
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_glorot_init_is_keras_default(name):
+    """Keras's glorot_uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)); zero biases."""
+    torch.manual_seed(0)
+    model = build_model(name, CIFAR)  # init="glorot" is the default
+    for layer in _layers(model):
+        fan_in, fan_out = _fans(layer)
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        w = layer.weight.detach()
+        assert w.abs().max() <= bound
+        if w.numel() >= 5000:  # variance of U(-a, a) is a^2 / 3, within sampling error
+            assert float(w.var()) == pytest.approx(bound**2 / 3, rel=0.1)
+        if layer.bias is not None:
+            assert torch.equal(layer.bias, torch.zeros_like(layer.bias))
+
+
+def test_torch_init_keeps_pytorch_defaults():
+    """PyTorch's default: weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    torch.manual_seed(0)
+    model = build_model("cnn", MNIST, init="torch")
+    for layer in _layers(model):
+        fan_in, _ = _fans(layer)
+        bound = 1 / math.sqrt(fan_in)
+        w = layer.weight.detach()
+        assert w.abs().max() <= bound and float(w.abs().max()) > 0.9 * bound
+        assert layer.bias.abs().max() > 0
+    with pytest.raises(ValueError, match="choose one of glorot, torch"):
+        build_model("fc", MNIST, init="he")

@@ -435,3 +435,40 @@ def test_forward_mode_needs_a_closure_and_a_known_mode():
         RBD(model.parameters(), dim=3, coordinates="sideways")
     opt = build_optimizer("rbd", model.parameters(), lr=0.1, dim=3, coordinates="forward")
     assert opt.coordinates == "forward"
+
+
+@pytest.mark.parametrize("population", [7, 5])
+def test_nes_offspring_on_own_minibatches_equals_dense_computation(population):
+    """The authors' NES: offspring i scored on minibatch i; ranks, 1/(sigma n), dense eps."""
+    model, dim, sigma, lr = small_model(), 7, 0.05, 0.2
+    batches = [batch(seed=10 + i) for i in range(population)]
+    theta = flat_params(model).double()
+    eps = dense_phi(4, 0, 0, population, theta.numel())  # the first n of step 0's seeds
+    reference = copy.deepcopy(model)
+    fitness = []
+    for i, (x, y) in enumerate(batches):
+        with torch.no_grad():
+            nn.utils.vector_to_parameters((theta + sigma * eps[i]).float(), reference.parameters())
+            fitness.append(float(loss_of(reference, x, y)))
+    order = sorted(range(population), key=fitness.__getitem__)  # lowest loss first
+    weights = torch.empty(population, dtype=torch.float64)
+    for rank, i in enumerate(order):
+        weights[i] = rank / (population - 1) - 0.5  # highest loss +0.5
+    want = theta - lr / (sigma * population) * (weights[:, None] * eps).sum(0)
+
+    opt = NES(model.parameters(), lr=lr, dim=dim, seed=4, sigma=sigma)
+    closures = [lambda x=x, y=y: loss_of(model, x, y) for x, y in batches]
+    loss = opt.step(offspring=closures)
+    torch.testing.assert_close(flat_params(model).double(), want, rtol=0, atol=1e-6)
+    assert loss == pytest.approx(sum(fitness) / population, rel=1e-5)
+    assert opt.param_groups[0]["step"] == 1
+
+
+def test_nes_step_rejects_too_many_offspring_and_no_closure():
+    model = small_model()
+    opt = NES(model.parameters(), lr=0.1, dim=3)
+    x, y = batch()
+    with pytest.raises(ValueError, match="4 offspring closures for dim=3"):
+        opt.step(offspring=[lambda: loss_of(model, x, y)] * 4)
+    with pytest.raises(ValueError, match="needs a closure"):
+        opt.step()

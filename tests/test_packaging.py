@@ -29,15 +29,18 @@ def test_environment_yml_names_the_pyproject_dependencies():
 
 def test_schema_enums_match_the_package():
     from rbd.data import DATASETS
-    from rbd.models import MODELS
+    from rbd.models import INITS, MODELS
     from rbd.optim import METHODS
     from rbd.projection import DISTRIBUTIONS
+    from rbd.train import NES_BATCHES
 
     defs = yaml.safe_load((ROOT / "config/schemas/config.schema.yaml").read_text())["$defs"]
     assert set(defs["model"]["enum"]) == set(MODELS)
     assert set(defs["dataset"]["enum"]) == set(DATASETS)
     assert set(defs["method"]["enum"]) == set(METHODS)
     assert set(defs["distribution"]["enum"]) == set(DISTRIBUTIONS)
+    assert set(defs["init"]["enum"]) == set(INITS)
+    assert set(defs["nes_batches"]["enum"]) == set(NES_BATCHES)
 
 
 def test_project_has_a_licence_and_a_citation():

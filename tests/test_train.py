@@ -72,6 +72,24 @@ def test_rbd_run_writes_metrics_and_record(tmp_path):
     assert metrics["grad_corr_mean"].iloc[-1] == pytest.approx(expected, rel=0.10)
 
 
+@pytest.mark.parametrize(
+    "method,extra,updates",
+    [
+        # 512 images in batches of 32: 16 minibatches an epoch.
+        ("rbd", [], 16),
+        ("nes", ["--nes-batches", "shared"], 16),
+        # The authors' NES: d = 5 offspring, each its own minibatch: 5 + 5 + 5 + 1.
+        ("nes", [], 4),
+    ],
+)
+def test_updates_per_epoch(tmp_path, method, extra, updates):
+    _train(tmp_path / "run", *extra, method=method, lr="2^-8", dim="5")
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert list(metrics["updates"]) == [updates, updates]
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == "done"
+
+
 def test_same_seed_same_metrics_other_seed_differs(tmp_path):
     for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
         _train(tmp_path / name, "--seed", seed, epochs=1)
