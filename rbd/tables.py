@@ -93,9 +93,11 @@ def step_seconds(metrics: pd.DataFrame, batch_size: int) -> float:
     """Median over epochs of the training time per step (s), NaN without timings.
 
     A step is one minibatch: an epoch of n images has ceil(n / batch_size)
-    steps, n = images_per_s x seconds. Distributed runs log `step_s` itself
-    (worker 0's mean per step). The median leaves out an epoch slowed down by
-    a neighbouring job; `seconds` excludes evaluation and checkpoints.
+    steps, n = images_per_s x seconds (NES with offspring batches scores one
+    offspring per minibatch: its step is one offspring, not one update).
+    Distributed runs log `step_s` itself (worker 0's mean per step). The
+    median leaves out an epoch slowed down by a neighbouring job; `seconds`
+    excludes evaluation and checkpoints.
     """
     if "step_s" in metrics and metrics["step_s"].notna().any():
         return float(metrics["step_s"].median())

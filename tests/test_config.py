@@ -49,7 +49,7 @@ BAD_CONFIGS = [
     ("unknown experiment key", (*T1, "model"), ["fc"], "experiments.table1"),
     ("missing rate", ("learning_rates", "rbd", "fc-mnist5k"), _DELETE, "learning_rates.rbd"),
     ("bad compartments", (*T1, "compartments"), ["blocks"], "compartments.0"),
-    ("switch after the end", (*T1, "switches"), ["sgd_first:9"], "switches"),
+    ("switch after the end", (*T1, "switches"), ["sgd_first:99"], "switches"),
     ("bad device", ("device",), "tpu", "device"),
     ("no seeds", ("defaults", "seeds"), [], "defaults.seeds"),
     ("zero workers", (*T1, "workers"), [0], "experiments.table1.workers.0"),
@@ -232,12 +232,17 @@ def test_nes_settings_reach_only_nes_runs():
 
 
 def test_equal_runs_of_two_experiments_have_one_key():
-    fig_dims = {r.key for r in expand_experiment(QUICK, "fig_dims")}
-    table1 = {r.key for r in expand_experiment(QUICK, "table1")}
-    shared = fig_dims & table1
-    # fc at the default d: RBD, FPD and SGD, two seeds each.
-    assert len(shared) == 3 * 2
-    assert {r.split("/")[2] for r in shared} == {"rbd", "fpd", "sgd"}
+    fig_bases = {r.key for r in expand_experiment(QUICK, "fig_bases")}
+    table2 = {r.key for r in expand_experiment(QUICK, "table2")}
+    shared = fig_bases & table2
+    # fc and cnn at d = 250, seeds 0 and 1: Gaussian and Rademacher RBD, and SGD.
+    assert len(shared) == 2 * 2 * 3
+    assert {tuple(r.split("/")[2:4]) for r in shared} == {
+        ("rbd", "d250_gaussian"), ("rbd", "d250_rademacher"), ("sgd", "d0_none")
+    }  # fmt: skip
+    # fig_curves is table1's CNN runs, 10 epochs.
+    curves = {r.key for r in expand_experiment(QUICK, "fig_curves")}
+    assert curves < {r.key for r in expand_experiment(QUICK, "table1")}
 
 
 def test_min_num_params_is_the_smallest_model():
@@ -254,9 +259,10 @@ def test_workers_expand_into_distributed_rbd_runs_only():
     assert sorted((r.workers, r.bases, r.combine) for r in runs) == [
         (1, "split", "sum"), (1, "worker", "sum"), (2, "split", "sum"), (2, "worker", "sum")
     ]  # fmt: skip
+    lr = parse_lr(QUICK["learning_rates"]["rbd"]["fc-mnist5k"])
     assert {r.key.split("/")[4] for r in runs} == {
-        "lr-32.0_e-2_b-32_w-1", "lr-32.0_e-2_b-32_w-1_bases-split",
-        "lr-32.0_e-2_b-32_w-2", "lr-32.0_e-2_b-32_w-2_bases-split",
+        f"lr-{lr!r}_e-2_b-32_w-1", f"lr-{lr!r}_e-2_b-32_w-1_bases-split",
+        f"lr-{lr!r}_e-2_b-32_w-2", f"lr-{lr!r}_e-2_b-32_w-2_bases-split",
     }  # fmt: skip
     # SGD is never distributed: one plain SGD run serves every W; without
     # `workers`, bases and combine do not enter the key.

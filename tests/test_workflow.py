@@ -158,14 +158,14 @@ def test_quick_preset_default_target_plans_every_experiment_but_the_sweep(tmp_pa
         "-n", "--cores", "2", "--directory", tmp_path, f"--configfile={ROOT / 'config/quick.yaml'}"
     )
     jobs = planned_jobs(proc)
-    # table1 (2 models x 4 methods x 3 seeds) + table2's other 3 distributions
-    # (x 2 models x 2 seeds) + table3's 2 factors x {RBD, FPD} (cnn, 2 seeds) +
-    # fig_dims' 3 other dims x {RBD, FPD} (fc, 2 seeds) + fig_switch's 4
-    # switches (fc, 2 seeds); fig_curves reuses table1's CNN runs; fig_scaling's
-    # W = 1, 2 x 2 bases; fig_bases (fc, cnn, d = 100, 3 seeds): SRHT and
-    # Fastfood (12), seed 2 of Rademacher (2; seeds 0, 1 are table2's, and
-    # Gaussian and SGD seed 2 are table1's).
-    assert jobs["train"] == 24 + 12 + 8 + 12 + 8 + 4 + (12 + 2)
+    # table1 (2 models x 4 methods x 3 seeds, 10 epochs) + table2 (2 models x
+    # (4 distributions + SGD) x 2 seeds, 3 epochs) + table3's 2 factors x {RBD, FPD}
+    # (cnn, 2 seeds) + fig_dims' 3 other dims x {RBD, FPD} and d = 250 FPD (fc, 2
+    # seeds) + fig_switch's 4 switches (fc, 2 seeds); fig_curves reuses table1's
+    # CNN runs; fig_scaling's W = 1, 2 x 2 bases; fig_bases (fc, cnn, d = 250, 3
+    # seeds): 4 distributions x 3 seeds x 2 models less table2's Gaussian and
+    # Rademacher seeds 0, 1 (16), and SGD's seed 2 (2).
+    assert jobs["train"] == 24 + 20 + 8 + 14 + 8 + 4 + (16 + 2)
     assert jobs["aggregate_experiment"] == 8
     assert "download_data" not in jobs and "pick_learning_rates" not in jobs
 
