@@ -11,13 +11,19 @@ from rbd.train import TIMING_COLUMNS, TrainConfig, train
 CASES = {
     "rbd": {"method": "rbd", "lr": 4.0},
     "fpd": {"method": "fpd", "lr": 16.0},
-    "nes": {"method": "nes", "lr": 2**-5, "dim": 20},
+    # The authors' NES: 2 offspring, each on its own minibatch, 3 updates an epoch.
+    "nes": {"method": "nes", "lr": 2**-5, "dim": 2},
+    "nes-shared": {"method": "nes", "lr": 2**-5, "dim": 20, "nes_batches": "shared"},
     "rbd-layer-rademacher": {"method": "rbd", "lr": 4.0, "compartments": "layer",
                              "distribution": "rademacher"},
     "sgd-then-rbd": {"method": "rbd", "lr": 4.0, "switch": "sgd_first:1", "sgd_lr": 2**-5},
     "augmented-sgd": {"method": "sgd", "lr": 2**-5, "dim": 0, "distribution": "none",
                       "augment": True},
 }  # fmt: skip
+# The step function to interrupt, and at which call: the second epoch's third
+# minibatch (6 minibatches an epoch), or NES's second update of that epoch.
+INTERRUPT = {"nes": ("_nes_offspring_step", 5)}
+DEFAULT_INTERRUPT = ("_train_step", 9)
 
 
 def _config(**settings) -> TrainConfig:
@@ -35,20 +41,21 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch, case
     cfg = _config(**CASES[case])
     train(cfg, tmp_path / "whole")
 
-    real_step, calls = train_module._train_step, {"n": 0}
+    name, at = INTERRUPT.get(case, DEFAULT_INTERRUPT)
+    real_step, calls = getattr(train_module, name), {"n": 0}
 
     def interrupted_step(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 9:  # second epoch, third batch (6 batches per epoch)
+        if calls["n"] == at:
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "_train_step", interrupted_step)
+    monkeypatch.setattr(train_module, name, interrupted_step)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "cut")
     assert (tmp_path / "cut" / "checkpoint.pt").exists()
     assert not (tmp_path / "cut" / "metrics.csv").exists()
-    monkeypatch.setattr(train_module, "_train_step", real_step)
+    monkeypatch.setattr(train_module, name, real_step)
 
     record = train(cfg, tmp_path / "cut")
     assert record["resumes"] == 1 and record["status"] == "done"
