@@ -311,7 +311,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, group=None) -> dict:
         bar = _progress(num_batches, next_batch, f"epoch {epoch + 1}/{cfg.epochs}", rank)
         # Minibatches per update: NES with offspring batches spends one per offspring
         # (the epoch's last update takes what is left of it), every other method one.
-        per_update = cfg.dim if phase.method == "nes" and cfg.nes_batches == "offspring" else 1
+        offspring_batches = phase.method == "nes" and cfg.nes_batches == "offspring"
+        per_update = cfg.dim if offspring_batches else 1
         while next_batch < num_batches:
             step_start = time.perf_counter()
             count = min(per_update, num_batches - next_batch)
@@ -324,7 +325,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, group=None) -> dict:
                 if augmentation is not None:
                     x = augmentation(x, aug_gen)
                 batches.append((preprocess(cfg.dataset, x), y))
-            if per_update > 1:
+            if offspring_batches:
                 loss, correct, seen = _nes_offspring_step(model, optimizer, batches)
             else:
                 ((x, y),) = batches
