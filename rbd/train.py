@@ -256,7 +256,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, group=None) -> dict:
         order_state = ckpt["order_state"]
         aug_gen.set_state(ckpt["aug_state"].to(aug_gen.get_state().device))
         epoch, next_batch, elapsed = ckpt["epoch"], ckpt["next_batch"], ckpt["elapsed"]
-        rows, epoch_acc, resumes = ckpt["rows"], ckpt["epoch_acc"], ckpt["resumes"] + 1
+        rows, resumes = ckpt["rows"], ckpt["resumes"] + 1
+        # Over the empty accumulator: a checkpoint written before a counter existed resumes.
+        epoch_acc = _new_epoch_accumulator() | ckpt["epoch_acc"]
         if group is not None:
             aug_gen.set_state(ckpt["aug_states"][rank].to(aug_gen.get_state().device))
             loss_sum, correct, seen = ckpt["worker_acc"][rank].tolist()
