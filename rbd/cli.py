@@ -63,7 +63,7 @@ def _is_number(text: str) -> bool:
 def _add_train_parser(sub) -> None:
     from rbd.data import DATASETS
     from rbd.models import INITS, MODELS
-    from rbd.optim import METHODS
+    from rbd.optim import COMPARTMENT_SCALES, METHODS
     from rbd.projection import DISTRIBUTIONS
     from rbd.train import NES_BATCHES
 
@@ -106,6 +106,30 @@ def _add_train_parser(sub) -> None:
         default="offspring",
         choices=NES_BATCHES,
         help="NES: each offspring on its own minibatch (the authors') or all on one",
+    )
+    p.add_argument(
+        "--nes-normalize",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="NES: divide the update (not the perturbations) by sqrt(D), as the authors",
+    )
+    p.add_argument(
+        "--compartment-scale",
+        default="compartment",
+        choices=COMPARTMENT_SCALES,
+        help="compartments: directions / sqrt(n_k) of each, or / sqrt(D) (network, the authors')",
+    )
+    p.add_argument(
+        "--fpd-offset",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="FPD: gradient at theta + Phi^T c_prev, as the authors' FPD (models/rbd.py)",
+    )
+    p.add_argument(
+        "--even-dims",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="compression:<f>: round each d_k up to an even number (the authors')",
     )
     p.add_argument(
         "--init",
@@ -204,15 +228,48 @@ def _cmd_train(args, parser) -> int:
 def _add_download_parser(sub) -> None:
     from rbd.data import DATASETS
 
-    p = sub.add_parser("download", help="fetch a data set into the data directory (needs internet)")
+    p = sub.add_parser(
+        "download",
+        help="fetch a data set into the data directory (needs internet, unless --from)",
+    )
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--data-dir", default=None)
+    p.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="install mnist or fashion_mnist from DIR (its four IDX files, raw or .gz), "
+        "checked, instead of downloading",
+    )
     p.set_defaults(func=_cmd_download)
+
+
+def _install_from_folder(args, parser) -> int:
+    from rbd import data
+
+    if args.dataset not in data.IDX_MD5:
+        parser.error(
+            f"argument --from: only {' and '.join(data.IDX_MD5)} can be installed from a "
+            f"folder, not {args.dataset}"
+        )
+    try:
+        files = data.install_from_folder(args.dataset, args.source, args.data_dir)
+    except (data.RbdDataError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for path in files:
+        print(f"installed {path}")
+    print(f"{args.dataset}: {len(files)} files from {args.source} verified")
+    return 0
 
 
 def _cmd_download(args, parser) -> int:
     from rbd import data
 
+    if args.source is not None:
+        return _install_from_folder(args, parser)
     download = getattr(data, "download_dataset", None)
     if download is None:
         parser.error("this version cannot download data sets")

@@ -19,6 +19,11 @@ from rbd.runs import RunSpec
 
 DEFAULT_SCHEMA = Path("config/schemas/config.schema.yaml")
 _POWER_OF_TWO = re.compile(r"^\s*2\s*\^\s*(-?\d+)\s*$")
+# The authors' notation (machinable.yaml): base_learning_rate(2**k) is evaluated by
+# config_base_learning_rate as 2^k * batch_size (vendor/img/models/image.py multiplies
+# by its IPU replicas too, 1 in every experiment of the paper; the distributed model,
+# models/rbd_dist.py, by the batch size only, which is what our workers follow).
+_BASE_RATE = re.compile(r"^\s*base_learning_rate\(\s*2\s*(?:\^|\*\*)\s*(-?\d+)\s*\)\s*$")
 # Experiment keys that hold lists to take the product over, and the RunSpec field each feeds.
 GRID_KEYS = {
     "methods": "method",
@@ -42,10 +47,16 @@ SCALAR_KEYS = (
     "init",
     "nes_sigma",
     "nes_batches",
+    "nes_normalize",
+    "compartment_scale",
+    "even_dims",
+    "fpd_offset",
     "combine",
 )
 # Settings only NES reads: other methods' runs keep the defaults, so they stay shared.
-NES_KEYS = ("nes_sigma", "nes_batches")
+NES_KEYS = ("nes_sigma", "nes_batches", "nes_normalize")
+# Settings that only matter with compartments (RBD and FPD): dropped without them.
+COMPARTMENT_KEYS = ("compartment_scale", "even_dims")
 # How an experiment is shown: the three table layouts, and the figure kinds.
 TABLE_KINDS = ("method_table", "distribution_table", "compression_table")
 FIGURE_KINDS = ("curves", "dims", "switch", "lr_sweep", "scaling", "bases")
@@ -60,16 +71,24 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the key."""
 
 
-def parse_lr(value, key: str = "lr") -> float:
-    """A learning rate given as a number or as '2^k' (the paper's notation)."""
+def parse_lr(value, key: str = "lr", *, batch_size: int | None = None) -> float:
+    """The learning rate a run trains with, from a number, '2^k' (the paper's notation),
+    or 'base_learning_rate(2^k)' (the authors' config: 2^k x batch_size)."""
+    expected = "a positive number, '2^k' or 'base_learning_rate(2^k)'"
     if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a positive number or '2^k', got {value!r}")
+        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
     if isinstance(value, int | float):
         lr = float(value)
+    elif match := _BASE_RATE.match(str(value)):
+        if batch_size is None:
+            raise ConfigError(
+                f"{key}: {value!r} needs the run's batch size; give the rate as a number or '2^k'"
+            )
+        lr = 2.0 ** int(match[1]) * batch_size
     else:
         match = _POWER_OF_TWO.match(str(value))
         if not match:
-            raise ConfigError(f"{key}: expected a positive number or '2^k', got {value!r}")
+            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
         lr = 2.0 ** int(match[1])
     if not lr > 0:
         raise ConfigError(f"{key}: the learning rate must be positive, got {value!r}")
@@ -151,8 +170,11 @@ def _check_run(spec: RunSpec, where: str) -> None:
             )
 
 
-def learning_rate(config: dict, method: str, model: str, dataset: str) -> float:
-    """The configured rate for (method, model, dataset); the key path is named if missing."""
+def learning_rate(
+    config: dict, method: str, model: str, dataset: str, *, batch_size: int = 32
+) -> float:
+    """The configured rate for (method, model, dataset), as the run trains with it; the key
+    path is named if missing."""
     table = config.get("learning_rates", {}).get(method, {})
     pair = f"{model}-{dataset}"
     if pair not in table:
@@ -160,7 +182,7 @@ def learning_rate(config: dict, method: str, model: str, dataset: str) -> float:
             f"config key learning_rates.{method}.{pair} is missing (needed by an experiment); "
             f"give a number or '2^k'"
         )
-    return parse_lr(table[pair], f"learning_rates.{method}.{pair}")
+    return parse_lr(table[pair], f"learning_rates.{method}.{pair}", batch_size=batch_size)
 
 
 def experiment_kind(config: dict, name: str) -> str:
@@ -178,7 +200,7 @@ def _experiment(config: dict, name: str) -> dict:
     return experiments[name]
 
 
-def _sweep_rates(exp: dict, method: str, name: str) -> list[float] | None:
+def _sweep_rates(exp: dict, method: str, name: str, scale: dict) -> list[float] | None:
     """The experiment's `lrs` for `method` (a list for all methods, or method -> list)."""
     lrs = exp.get("lrs")
     if isinstance(lrs, dict):
@@ -186,7 +208,7 @@ def _sweep_rates(exp: dict, method: str, name: str) -> list[float] | None:
     if lrs is None:
         return None
     key = f"experiments.{name}.lrs" + (f".{method}" if isinstance(exp["lrs"], dict) else "")
-    return [parse_lr(lr, key) for lr in lrs]
+    return [parse_lr(lr, key, **scale) for lr in lrs]
 
 
 def expand_experiment(config: dict, name: str) -> list[RunSpec]:
@@ -212,18 +234,25 @@ def expand_experiment(config: dict, name: str) -> list[RunSpec]:
     for values in itertools.product(*grid.values()):
         settings = dict(zip(grid, values, strict=True)) | scalars
         method, model, dataset = settings["method"], settings["model"], settings["dataset"]
-        rates = _sweep_rates(exp, method, name) or [learning_rate(config, method, model, dataset)]
+        scale = {"batch_size": settings.get("batch_size", RunSpec.batch_size)}
+        rates = _sweep_rates(exp, method, name, scale) or [
+            learning_rate(config, method, model, dataset, **scale)
+        ]
         if method == "sgd":
             # The subspace settings do not apply; one SGD run serves every dim/distribution.
             settings |= {"dim": 0, "distribution": "none", "compartments": "none"}
             settings["switch"] = "none"
         if method != "nes":
             settings = {k: v for k, v in settings.items() if k not in NES_KEYS}
+        if method not in ("rbd", "fpd") or settings.get("compartments", "none") == "none":
+            settings = {k: v for k, v in settings.items() if k not in COMPARTMENT_KEYS}
+        if method != "fpd":
+            settings.pop("fpd_offset", None)
         if method == "sgd" or settings.get("workers") is None:
             # Bases and combining only exist with workers; SGD is never distributed.
             settings |= {"workers": None, "bases": "worker", "combine": "sum"}
         if settings.get("switch", "none") != "none":
-            settings["sgd_lr"] = learning_rate(config, "sgd", model, dataset)
+            settings["sgd_lr"] = learning_rate(config, "sgd", model, dataset, **scale)
         runs += [RunSpec(**settings, lr=lr) for lr in rates]
     return list(dict.fromkeys(runs))
 

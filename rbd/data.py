@@ -12,7 +12,9 @@ Four data sets (`DATASETS`):
       <data_dir>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}
 
   `load_dataset` never downloads; `download_dataset` is the one function that does (the
-  workflow runs it in a dedicated local rule, once per data set).
+  workflow runs it in a dedicated local rule, once per data set). For machines without
+  internet, `install_from_folder` copies (Fashion-)MNIST's four IDX files from a local folder
+  into the same layout, checked against `IDX_MD5` first.
 
 Splits: validation is `VAL_SIZE` (10,000, the size of the test set) images drawn from the
 training set by a permutation seeded with `SPLIT_SEED`, the same for every run; the official
@@ -29,9 +31,13 @@ a float32 cache would be four times the size of the data.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import math
 import os
 import pickle
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -300,6 +306,147 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None) -> li
     cls(root=str(root), train=True, download=True)
     verify_dataset(name, root)
     return expected_files(name, root)
+
+
+# MD5 of the decompressed IDX files as published. torchvision lists MD5s of its own .gz
+# archives only, and the same content compressed by another tool or level has other bytes.
+IDX_MD5 = {
+    "mnist": {
+        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    },
+    "fashion_mnist": {
+        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+    },
+}
+_DISPLAY_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
+# md5 -> (data set, file): names a file that sits in the wrong place or the wrong folder.
+_KNOWN_IDX = {md5: (name, f) for name, files in IDX_MD5.items() for f, md5 in files.items()}
+_IDX_COUNTS = {"train": 60_000, "t10k": 10_000}
+_IDX_IMAGES_MAGIC, _IDX_LABELS_MAGIC = 0x00000803, 0x00000801
+
+
+def _read_source_idx(source: Path, filename: str) -> tuple[Path, bytes]:
+    """The decompressed content of `filename` in `source`, stored raw or as `filename`.gz."""
+    for path in (source / filename, source / f"{filename}.gz"):
+        if path.is_file():
+            break
+    else:
+        raise DataNotFoundError(
+            f"{source / filename} not found, raw or .gz: the folder must hold the four IDX "
+            f"files {', '.join(IDX_MD5['mnist'])}, each raw or gzip-compressed"
+        )
+    try:
+        content = path.read_bytes()
+        return path, gzip.decompress(content) if path.suffix == ".gz" else content
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataCorruptError(
+            f"{path}: cannot be read or decompressed, the file is truncated or damaged "
+            f"({type(err).__name__}: {err})"
+        ) from err
+
+
+def _idx_problem(filename: str, content: bytes) -> str | None:
+    """What is wrong with the IDX header, size or labels of `content`, or None."""
+    is_images = "-images-" in filename
+    header = 16 if is_images else 8
+    if len(content) < header:
+        return f"{len(content)} bytes, shorter than the {header}-byte IDX header (truncated)"
+    magic, count = struct.unpack_from(">II", content)
+    expected_magic = _IDX_IMAGES_MAGIC if is_images else _IDX_LABELS_MAGIC
+    if magic != expected_magic:
+        kind = "images" if is_images else "labels"
+        return f"magic number 0x{magic:08x}, expected 0x{expected_magic:08x} (IDX {kind})"
+    expected_count = _IDX_COUNTS[filename.split("-")[0]]
+    if count != expected_count:
+        return f"the header counts {count:,} items, expected {expected_count:,}"
+    item_size = 1
+    if is_images:
+        rows, cols = struct.unpack_from(">II", content, 8)
+        if (rows, cols) != (28, 28):
+            return f"images of {rows}x{cols} pixels, expected 28x28"
+        item_size = rows * cols
+    expected_size = header + count * item_size
+    if len(content) != expected_size:
+        return (
+            f"{len(content):,} bytes, expected {expected_size:,} ({header}-byte header and "
+            f"{count:,} items): the file is truncated or has extra bytes"
+        )
+    if not is_images:
+        top = int(np.frombuffer(content, dtype=np.uint8, offset=header).max())
+        if top >= NUM_CLASSES:
+            return f"label {top}, outside 0..{NUM_CLASSES - 1}"
+    return None
+
+
+def _check_idx(name: str, filename: str, path: Path, content: bytes) -> None:
+    """Raise `DataCorruptError` naming `path` unless `content` is `name`'s original file."""
+    md5 = hashlib.md5(content).hexdigest()
+    known = _KNOWN_IDX.get(md5)
+    if known is not None and known != (name, filename):
+        other, other_file = known
+        wanted = "" if other_file == filename else f" {filename}"
+        raise DataCorruptError(
+            f"{path} is {_DISPLAY_NAMES[other]}'s {other_file}, "
+            f"not {_DISPLAY_NAMES[name]}'s{wanted}"
+        )
+    problem = _idx_problem(filename, content)
+    if problem is not None:
+        raise DataCorruptError(f"{path}: {problem}")
+    if md5 != IDX_MD5[name][filename]:
+        raise DataCorruptError(
+            f"{path}: decompressed MD5 {md5}, expected {IDX_MD5[name][filename]} "
+            f"({_DISPLAY_NAMES[name]}'s original {filename}): the content differs"
+        )
+
+
+def install_from_folder(
+    name: str, source: str | os.PathLike, data_dir: str | os.PathLike | None = None
+) -> list[Path]:
+    """Install (Fashion-)MNIST from a local folder, for machines that cannot download.
+
+    `source` holds the four IDX files, each raw or gzip-compressed. All four are checked
+    (decompressed: IDX header, counts, shape, length, labels, MD5 of the original) before
+    anything is written, then staged beside their destinations and renamed into place, so a
+    bad folder leaves the data directory as it was. Re-running is harmless. Returns the
+    installed files (`expected_files`). Raises `DataNotFoundError` for a missing file,
+    `DataCorruptError` for a file that fails a check, ValueError for other data sets.
+    """
+    _check_name(name)
+    if name not in IDX_MD5:
+        raise ValueError(
+            f"only {' and '.join(IDX_MD5)} can be installed from a folder, not {name!r}"
+        )
+    source = Path(source)
+    if not source.is_dir():
+        raise DataNotFoundError(f"source folder {source} does not exist or is not a folder")
+    targets = expected_files(name, data_dir)
+    contents = []
+    for target in targets:
+        path, content = _read_source_idx(source, target.name)
+        _check_idx(name, target.name, path, content)
+        contents.append(content)
+    folder = targets[0].parent
+    folder.mkdir(parents=True, exist_ok=True)
+    staged = [folder / f".{target.name}.{os.getpid()}.tmp" for target in targets]
+    try:
+        for tmp, content in zip(staged, contents, strict=True):
+            with open(tmp, "wb") as handle:
+                handle.write(content)
+                handle.flush()
+                os.fsync(handle.fileno())
+        for tmp, target in zip(staged, targets, strict=True):
+            os.replace(tmp, target)
+    finally:
+        for tmp in staged:
+            tmp.unlink(missing_ok=True)
+    verify_dataset(name, data_dir)
+    return targets
 
 
 class Augmentation:

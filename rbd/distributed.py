@@ -156,6 +156,11 @@ class DistributedRBD(RBD):
             raise ValueError(f"Invalid combine: {combine!r}; choose one of {COMBINE}")
         kwargs.setdefault("worker", group.rank)
         super().__init__(params, **kwargs)
+        if any(self._network_share(c) != 1.0 for c in self.compartments):
+            raise ValueError(
+                "Invalid compartment_scale: distributed RBD scales each compartment by its own "
+                "size; use compartment_scale='compartment'"
+            )
         self.group, self.bases, self.combine = group, bases, combine
         self.loss_limit = loss_limit
         self.diverged = False

@@ -9,6 +9,7 @@ projection is block diagonal.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,10 @@ FORWARD_CHUNK = 25
 
 # Compressed compartments never get fewer directions than this (paper.md).
 MIN_COMPARTMENT_DIM = 10
+# How a compartment's directions are scaled with normalize=True: by 1/sqrt(n_k) of the
+# compartment, or by 1/sqrt(D) of the whole parameter vector, as the authors' code does
+# (one `base.normalized = auto_norm(D)` for every compartment, mixins/random_base.py).
+COMPARTMENT_SCALES = ("compartment", "network")
 
 
 @dataclass(frozen=True)
@@ -49,14 +54,18 @@ class Compartment:
         return self.stop - self.start
 
 
-def compartment_ranges(spec: str, sizes: list[int], dim: int) -> list[tuple[int, int, int]]:
+def compartment_ranges(
+    spec: str, sizes: list[int], dim: int, *, even: bool = False
+) -> list[tuple[int, int, int]]:
     """Split a flat vector made of tensors with ``sizes`` into compartments.
 
     Returns ``(start, stop, dim_k)`` triples that cover ``[0, sum(sizes))``
     exactly once, in order. Specs: ``"none"`` (one range, ``dim``),
     ``"layer"`` (one per tensor, ``dim`` each), ``"chunk:<n>"`` (consecutive
     ranges of n entries, the last one shorter, ``dim`` each),
-    ``"compression:<f>"`` (one per tensor with ``max(ceil(n_k / f), 10)``).
+    ``"compression:<f>"`` (one per tensor with ``max(ceil(n_k / f), 10)``,
+    rounded up to an even number with ``even=True``, as the authors'
+    ``d += d % 2`` in models/rbd.py).
     """
     total = sum(sizes)
     offsets = [0]
@@ -82,11 +91,12 @@ def compartment_ranges(spec: str, sizes: list[int], dim: int) -> list[tuple[int,
             f = 0.0
         if not f > 0 or not math.isfinite(f):
             raise ValueError(f"Invalid compartments: {spec!r} (factor must be a number > 0)")
-        return [
-            (a, b, max(math.ceil((b - a) / f), MIN_COMPARTMENT_DIM))
-            for a, b in zip(offsets[:-1], offsets[1:], strict=True)
-            if b > a
-        ]
+        out = []
+        for a, b in zip(offsets[:-1], offsets[1:], strict=True):
+            if b > a:
+                d_k = max(math.ceil((b - a) / f), MIN_COMPARTMENT_DIM)
+                out.append((a, b, d_k + d_k % 2 if even else d_k))
+        return out
     raise ValueError(
         f"Invalid compartments: {spec!r}; use 'none', 'layer', 'chunk:<n>' or 'compression:<f>'"
     )
@@ -109,16 +119,41 @@ def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors]) if tensors else torch.zeros(0)
 
 
-def step_stats(dot: float, norm_u: float, norm_g: float, coords: list) -> dict[str, float]:
+def step_stats(
+    dot: float, norm_u: float, norm_g: float, coords: list, tensor_cosines=None
+) -> dict[str, float]:
     """A step's statistics: ``grad_corr``, the cosine between the applied update and
-    the gradient (from <u, g>, |u|^2, |g|^2), and the coordinates' mean and std."""
+    the gradient (from <u, g>, |u|^2, |g|^2); ``grad_corr_tensors``, the mean of the
+    per-tensor cosines (the authors' statistic: models/rbd.py records
+    ``"correlation/" + weight`` per tensor and reports their mean), NaN when not given;
+    and the coordinates' mean and std."""
     c = torch.cat(coords) if coords else torch.zeros(0)
     denom = math.sqrt(norm_u * norm_g)
+    cosines = torch.cat(tensor_cosines) if tensor_cosines else torch.zeros(0)
     return {
         "grad_corr": dot / denom if denom > 0 else float("nan"),
+        "grad_corr_tensors": float(cosines.mean()) if cosines.numel() else float("nan"),
         "coord_mean": float(c.mean()) if c.numel() else float("nan"),
         "coord_std": float(c.std()) if c.numel() > 1 else float("nan"),
     }
+
+
+def per_tensor_cosines(update: torch.Tensor, grad: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Cosine between ``update`` and ``grad`` on each tensor's slice of the flat vectors
+    (tensors of ``sizes`` entries, in order); tensors where either is zero are left out."""
+    if not sizes:
+        return torch.zeros(0, device=update.device)
+    ids = torch.repeat_interleave(
+        torch.arange(len(sizes), device=update.device),
+        torch.tensor(sizes, device=update.device),
+    )
+    u, g = update.double(), grad.double()
+    zeros = torch.zeros(len(sizes), dtype=torch.float64, device=update.device)
+    dot = zeros.index_add(0, ids, u * g)
+    nu = zeros.index_add(0, ids, u * u)
+    ng = zeros.index_add(0, ids, g * g)
+    keep = (nu > 0) & (ng > 0)
+    return (dot[keep] / (nu[keep] * ng[keep]).sqrt()).float()
 
 
 class _RandomBases(torch.optim.Optimizer):
@@ -136,6 +171,8 @@ class _RandomBases(torch.optim.Optimizer):
         *,
         normalize: bool = True,
         compartments: str = "none",
+        compartment_scale: str = "compartment",
+        even_dims: bool = False,
         worker: int = 0,
         chunk_size: int | None = None,
         workers: int | None = None,
@@ -145,6 +182,11 @@ class _RandomBases(torch.optim.Optimizer):
             raise ValueError(f"Invalid chunk_size: {chunk_size}")
         if workers is not None and workers < 1:
             raise ValueError(f"Invalid workers: {workers}")
+        if compartment_scale not in COMPARTMENT_SCALES:
+            raise ValueError(
+                f"Invalid compartment_scale: {compartment_scale!r}; "
+                f"choose one of {COMPARTMENT_SCALES}"
+            )
         defaults = dict(lr=lr, step=0)
         super().__init__(params, defaults)
         self.dim = dim
@@ -152,15 +194,25 @@ class _RandomBases(torch.optim.Optimizer):
         self.seed = seed
         self.normalize = bool(normalize)
         self.compartments_spec = compartments
+        self.compartment_scale = compartment_scale
+        self.even_dims = bool(even_dims)
         self.worker = worker
         self.chunk_size = chunk_size
         self.workers = workers
         self.compartments: list[Compartment] = []
         for gi, group in enumerate(self.param_groups):
             sizes = [p.numel() for p in group["params"]]
-            for a, b, k in compartment_ranges(compartments, sizes, dim):
+            for a, b, k in compartment_ranges(compartments, sizes, dim, even=self.even_dims):
                 self.compartments.append(Compartment(gi, len(self.compartments), a, b, k))
         self.stats: dict[str, float] = {}
+
+    def _network_share(self, compartment: Compartment) -> float:
+        """n_k / D for ``compartment_scale="network"`` (rows scaled by 1/sqrt(D), D the
+        compartment's param group), 1 otherwise: the factor between the two updates."""
+        if self.compartment_scale != "network" or not self.normalize:
+            return 1.0
+        total = sum(c.size for c in self.compartments if c.group == compartment.group)
+        return compartment.size / total
 
     @property
     def num_coordinates(self) -> int:
@@ -184,7 +236,7 @@ class _RandomBases(torch.optim.Optimizer):
         return step_seeds(self.seed, step, compartment.index, worker, compartment.dim)
 
     def _project(self, compartment: Compartment, step: int, grad: torch.Tensor):
-        return project(
+        coords, update = project(
             grad,
             self.seeds(compartment, step),
             self.distribution,
@@ -192,9 +244,18 @@ class _RandomBases(torch.optim.Optimizer):
             chunk_size=self.chunk_size,
             workers=self.workers,
         )
+        share = self._network_share(compartment)
+        if share != 1.0:
+            # Rows / sqrt(D) instead of / sqrt(n_k): c scales by sqrt(n_k / D), the
+            # update Phi^T c / sqrt(D) by n_k / D.
+            coords, update = coords.mul_(math.sqrt(share)), update.mul_(share)
+        return coords, update
 
     def _record(self, coords: torch.Tensor, compartment: Compartment, lr: float) -> None:
         """Hook for FPD to accumulate its coordinates."""
+
+    def _record_update(self, group: dict, update: torch.Tensor) -> None:
+        """Hook for FPD to keep a group's last Phi^T c (before the learning rate)."""
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -203,7 +264,7 @@ class _RandomBases(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         dot = norm_u = norm_g = 0.0
-        all_coords = []
+        all_coords, cosines = [], []
         for gi, group in enumerate(self.param_groups):
             params = group["params"]
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -227,12 +288,14 @@ class _RandomBases(torch.optim.Optimizer):
                 else:
                     update[offset : offset + n] = 0
                 offset += n
+            self._record_update(group, update)
             group["step"] += 1
             # float32 sums are accurate to ~1e-5 relative here, ample for a cosine.
             dot += lr * float(torch.dot(update, g))
             norm_u += lr * lr * float(torch.dot(update, update))
             norm_g += float(torch.dot(g, g))
-        self.stats = step_stats(dot, norm_u, norm_g, all_coords)
+            cosines.append(per_tensor_cosines(update, g, [p.numel() for p in params]))
+        self.stats = step_stats(dot, norm_u, norm_g, all_coords, cosines)
         return loss
 
 
@@ -257,6 +320,10 @@ class RBD(_RandomBases):
         seed: run seed (>= 0); different seeds give independent bases.
         normalize: scale directions by 1/sqrt(n_k) (default) or the update by 1/d_k.
         compartments: ``"none"``, ``"layer"``, ``"chunk:<n>"`` or ``"compression:<f>"``.
+        compartment_scale: with ``normalize``, rows scaled by 1/sqrt(n_k) of their
+            compartment (``"compartment"``, default) or by 1/sqrt(D) of the whole
+            param group (``"network"``, the authors' code).
+        even_dims: round ``compression:<f>`` d_k up to an even number (the authors').
         worker: worker id mixed into the seeds (distributed RBD).
         chunk_size: directions generated at once (default: what fits in L2).
         workers: threads generating directions (default: torch's thread count).
@@ -276,7 +343,9 @@ class RBD(_RandomBases):
             buffers (batch-norm statistics) see every jvp's forward pass.
 
     After each step, ``stats`` holds ``grad_corr`` (cosine between the applied
-    update and the minibatch gradient), ``coord_mean`` and ``coord_std``.
+    update and the minibatch gradient), ``grad_corr_tensors`` (the mean of that
+    cosine taken per parameter tensor, the authors' statistic), ``coord_mean``
+    and ``coord_std``.
     """
 
     def __init__(self, params, *args, coordinates: str = "backward", **kwargs):
@@ -316,7 +385,7 @@ class RBD(_RandomBases):
         batched = torch.func.vmap(directional)
         loss = None
         dot = norm_u = norm_g = 0.0
-        all_coords = []
+        all_coords, cosines = [], []
         have_grads = all(p.grad is not None for p in params)
         for gi, group in enumerate(self.param_groups):
             base = group_start[gi]
@@ -326,7 +395,8 @@ class RBD(_RandomBases):
                     continue
                 seeds = self.seeds(comp, group["step"])
                 coords = torch.empty(comp.dim, dtype=torch.float32, device=device)
-                scale = 1.0 / math.sqrt(comp.size) if self.normalize else 1.0
+                share = self._network_share(comp)
+                scale = 1.0 / math.sqrt(comp.size / share) if self.normalize else 1.0
                 for a, rows in direction_chunks(
                     seeds, comp.size, self.distribution, chunk, device=device
                 ):
@@ -349,6 +419,8 @@ class RBD(_RandomBases):
                     chunk_size=self.chunk_size,
                     workers=self.workers,
                 )
+                if share != 1.0:  # expand scaled Phi^T c by 1/sqrt(n_k); rows need 1/sqrt(D)
+                    update[comp.start : comp.stop].mul_(math.sqrt(share))
                 all_coords.append(coords)
             lr = group["lr"]
             offset = 0
@@ -362,7 +434,8 @@ class RBD(_RandomBases):
                 dot += lr * float(torch.dot(update, g))
                 norm_u += lr * lr * float(torch.dot(update, update))
                 norm_g += float(torch.dot(g, g))
-        self.stats = step_stats(dot, norm_u, norm_g, all_coords)
+                cosines.append(per_tensor_cosines(update, g, [p.numel() for p in group["params"]]))
+        self.stats = step_stats(dot, norm_u, norm_g, all_coords, cosines)
         return loss
 
 
@@ -391,14 +464,17 @@ class FPD(_RandomBases):
     With ``normalize=False`` the rows are raw and c's step is divided by d_k,
     so that theta = theta_0 + Phi^T c still holds. The coordinates c are
     kept in the optimiser state (``state_dict()``), one tensor per
-    compartment. Other arguments as for :class:`RBD`.
+    compartment. ``offset=True`` keeps the last Phi^T c for
+    :meth:`offset_point`, the authors' forward pass. Other arguments as for
+    :class:`RBD`.
     """
 
     redraw = False
 
-    def __init__(self, params, *args, cache: bool = False, **kwargs):
+    def __init__(self, params, *args, cache: bool = False, offset: bool = False, **kwargs):
         super().__init__(params, *args, **kwargs)
         self.cache = bool(cache)
+        self.offset = bool(offset)
         self._cached: dict[int, torch.Tensor] = {}
         for gi, group in enumerate(self.param_groups):
             comps = [c for c in self.compartments if c.group == gi]
@@ -406,6 +482,40 @@ class FPD(_RandomBases):
             self.state[first]["coordinates"] = [
                 torch.zeros(c.dim, dtype=torch.float32, device=first.device) for c in comps
             ]
+
+    def _record_update(self, group: dict, update: torch.Tensor) -> None:
+        if self.offset:
+            self.state[group["params"][0]]["last_update"] = update.clone()
+
+    @contextmanager
+    def offset_point(self):
+        """With ``offset=True``, the parameters inside the block are theta + Phi^T c_prev,
+        c_prev the last step's coordinate gradient; exactly theta again after it.
+
+        The authors' FPD (``rbd`` with ``reset_coordinates_each_step: False``, models/rbd.py)
+        overwrites its coordinate variable with each step's coordinate gradient and runs the
+        forward pass at the weights plus P(coordinates): its gradient is taken there. Run the
+        forward and backward pass inside this block to train as they did; evaluation stays at
+        theta. Without ``offset`` (default) the block changes nothing.
+        """
+        saved = []
+        with torch.no_grad():
+            for group in self.param_groups if self.offset else []:
+                last = self.state[group["params"][0]].get("last_update")
+                if last is None:
+                    continue
+                at = 0
+                for p in group["params"]:
+                    n = p.numel()
+                    saved.append((p, p.detach().clone()))
+                    p.add_(last[at : at + n].view_as(p).to(p.dtype))
+                    at += n
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, value in saved:
+                    p.copy_(value)
 
     @property
     def coordinates(self) -> list[torch.Tensor]:
@@ -423,7 +533,8 @@ class FPD(_RandomBases):
             self.distribution,
             device=self.param_groups[compartment.group]["params"][0].device,
         )
-        return phi / math.sqrt(compartment.size) if self.normalize else phi
+        share = self._network_share(compartment)
+        return phi / math.sqrt(compartment.size / share) if self.normalize else phi
 
     def _project(self, compartment: Compartment, step: int, grad: torch.Tensor):
         if not self.cache:
@@ -467,7 +578,10 @@ class NES(torch.optim.Optimizer):
     <= d; the rank weights and the 1/(sigma n) use that n). Only
     ``compartments="none"``.
     With ``normalize=True`` the eps_i are divided by sqrt(D) (default False:
-    raw draws, as in the paper). ``stats`` holds ``loss`` (at theta; with
+    raw draws, as in the paper). With ``normalize_update=True`` only the update
+    is divided by sqrt(D), the perturbations staying sigma eps_i: the authors'
+    NES (models/nes.py) applies its update through the same normalised product
+    as RBD (``base.normalized = auto_norm(D)``). ``stats`` holds ``loss`` (at theta; with
     ``offspring``, their mean),
     ``coord_mean``/``coord_std`` of the rank weights r_i, and ``grad_corr``
     between the update and ``p.grad`` when every parameter has a gradient
@@ -485,6 +599,7 @@ class NES(torch.optim.Optimizer):
         sigma: float = 0.01,
         antithetic: bool = False,
         normalize: bool = False,
+        normalize_update: bool = False,
         compartments: str = "none",
         worker: int = 0,
     ):
@@ -502,6 +617,7 @@ class NES(torch.optim.Optimizer):
         self.sigma = sigma
         self.antithetic = bool(antithetic)
         self.normalize = bool(normalize)
+        self.normalize_update = bool(normalize_update)
         self.worker = worker
         self.stats: dict[str, float] = {}
 
@@ -572,6 +688,8 @@ class NES(torch.optim.Optimizer):
             eps = generate_directions([s], size, self.distribution, device=theta.device)[0]
             direction.add_(eps.to(theta.dtype), alpha=float(w[i]) * scale)
         direction.mul_(1.0 / (self.sigma * population))
+        if self.normalize_update:
+            direction.mul_(1.0 / math.sqrt(size))
         self._set(params, theta - lr * direction)
         for g in self.param_groups:
             g["step"] += 1

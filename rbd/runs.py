@@ -44,6 +44,17 @@ class RunSpec:
     combine: str = "sum"
     # RBD's coordinates: "backward" (gradient, then c = Phi g) or "forward" (d jvps).
     coordinates: str = "backward"
+    # NES: divide the update (not the perturbations) by sqrt(D), as the authors' NES
+    # does by applying it through RBD's normalised product (models/nes.py).
+    nes_normalize: bool = False
+    # Compartments (with normalize): directions scaled by 1/sqrt(n_k) of their own
+    # compartment ("compartment") or by 1/sqrt(D) of the network ("network", the
+    # authors' auto_norm(D)); even_dims: compression d_k rounded up to even (theirs).
+    compartment_scale: str = "compartment"
+    even_dims: bool = False
+    # FPD: forward and backward pass at theta + Phi^T c_prev (c_prev: the last step's
+    # coordinate gradient), as the authors' FPD runs them (models/rbd.py).
+    fpd_offset: bool = False
 
     @property
     def key(self) -> str:
@@ -83,6 +94,10 @@ _OPTION_TOKENS = {
     "bases": "bases",
     "combine": "comb",
     "coordinates": "coord",
+    "nes_normalize": "nnorm",
+    "compartment_scale": "cs",
+    "even_dims": "even",
+    "fpd_offset": "off",
 }
 _ESCAPES = (("_", "+"), (":", "@"))
 _HEAD = re.compile(r"^d(?P<dim>\d+)_(?P<distribution>[a-z0-9-]+)$")

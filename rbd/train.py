@@ -16,7 +16,7 @@ import math
 import platform
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -133,7 +133,7 @@ class StepStats:
         return row
 
 
-SUMMARISED_STATS = ("grad_corr", "coord_mean", "coord_std")
+SUMMARISED_STATS = ("grad_corr", "grad_corr_tensors", "coord_mean", "coord_std")
 
 
 @torch.no_grad()
@@ -450,11 +450,16 @@ def train(cfg: TrainConfig, out_dir: str | Path, group=None) -> dict:
 def _method_options(method: str, cfg: TrainConfig) -> dict:
     """The settings that only some methods take."""
     if method == "nes":
-        return {"sigma": cfg.nes_sigma}
+        return {"sigma": cfg.nes_sigma, "normalize_update": cfg.nes_normalize}
+    compartments = {
+        "normalize": cfg.normalize,
+        "compartment_scale": cfg.compartment_scale,
+        "even_dims": cfg.even_dims,
+    }
     if method == "rbd":
-        return {"normalize": cfg.normalize, "coordinates": cfg.coordinates}
+        return compartments | {"coordinates": cfg.coordinates}
     if method == "fpd":
-        return {"normalize": cfg.normalize}
+        return compartments | {"offset": cfg.fpd_offset}
     return {}
 
 
@@ -538,9 +543,10 @@ def _train_step(model, optimizer, method: str, x, y) -> tuple[float, torch.Tenso
         with unchanged_buffers(model):
             optimizer.step(module_loss(model, lambda out: F.cross_entropy(out, y), x))
         return loss.item(), logits
-    logits = model(x)
-    loss = F.cross_entropy(logits, y)
-    loss.backward()
+    with optimizer.offset_point() if hasattr(optimizer, "offset_point") else nullcontext():
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
     if hasattr(optimizer, "loss_limit"):  # distributed: a diverged worker tells all
         optimizer.step(loss=loss.item())
     else:

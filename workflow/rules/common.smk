@@ -36,6 +36,8 @@ PYTHON = "python" if _USE_CONDA else shlex.quote(sys.executable)
 import_package_from(workflow.basedir)
 # Shared cluster storage: RBD_DATA_DIR overrides the config's data_dir.
 DATA_DIR = os.environ.get("RBD_DATA_DIR") or config.get("data_dir", "resources/data")
+# Data set -> local folder to install it from (`rbd download --from`) instead of downloading.
+DATA_SOURCE = config.get("data_source", {})
 # Data sets that ship inside a package and need no download step.
 BUNDLED_DATASETS = {"mnist5k"}
 RUNS = experiment_runs(config)

@@ -1,5 +1,6 @@
 # Data sets are fetched once, on the machine that runs Snakemake (a cluster's
 # login node has internet, its compute nodes often do not); training jobs only read.
+# A data set with a folder in config `data_source` is installed from it instead.
 
 
 localrules:
@@ -18,6 +19,12 @@ rule download_data:
         data_dir=lambda wildcards, output: os.path.dirname(
             os.path.dirname(output.ready)
         ),
+        source=lambda wildcards: (
+            ["--from", DATA_SOURCE[wildcards.dataset]]
+            if wildcards.dataset in DATA_SOURCE
+            else []
+        ),
     shell:
         "{params.python} -m rbd download --dataset {wildcards.dataset:q} "
-        "--data-dir {params.data_dir:q} > {log:q} 2>&1 && touch {output.ready:q}"
+        "--data-dir {params.data_dir:q} {params.source:q} > {log:q} 2>&1 "
+        "&& touch {output.ready:q}"
