@@ -257,6 +257,13 @@ def expand_experiment(config: dict, name: str) -> list[RunSpec]:
     return list(dict.fromkeys(runs))
 
 
+def in_default_target(config: dict, name: str) -> bool:
+    """Whether experiment `name` belongs to the default target: not a sweep (an opt-in
+    kind) and not marked `opt_in: true` (verification runs, for example)."""
+    exp = _experiment(config, name)
+    return exp["kind"] not in OPT_IN_KINDS and not exp.get("opt_in", False)
+
+
 def experiment_runs(config: dict) -> dict[str, list[RunSpec]]:
     return {name: expand_experiment(config, name) for name in config.get("experiments", {})}
 

@@ -178,6 +178,8 @@ def test_compression_table_rows_are_factors_with_coordinates_and_correlation(tmp
                     dataset="cifar10",
                     compartments=f"compression:{f}",
                     grad_corr=0.1,
+                    # the authors' per-tensor mean, which Table 3 shows
+                    metrics={"grad_corr_tensors_mean": [0.3, 0.2]},
                     num_params=78_330,
                     num_coordinates=coords,
                 )  # fmt: skip
@@ -200,7 +202,8 @@ def test_compression_table_rows_are_factors_with_coordinates_and_correlation(tmp
     wide = wide_table(table, "compression_table")
     assert list(wide["compression"]) == ["10x", "75x"]
     assert list(wide["coordinates"]) == ["7,833", "1,050"]
-    assert wide.loc[0, "RBD"].startswith(f"61.00 ± 1.41 ({61 / 80:.2f})\ncorr 0.100")
+    assert wide.loc[0, "RBD"].startswith(f"61.00 ± 1.41 ({61 / 80:.2f})\ncorr 0.200")
+    assert table.loc[table["method"] != "sgd", "grad_corr_mean"].eq(0.1).all()
     assert "paper (0.84 of SGD)" in wide.loc[0, "RBD"]
     assert wide.loc[1, "FPD"].startswith(f"32.00 ± 2.83 ({32 / 80:.2f})")
     assert (wide["SGD"] == "80.00").all()

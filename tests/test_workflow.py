@@ -44,12 +44,14 @@ PAPER_TRAIN_JOBS = {
     "fig_scaling": 5 * 2,  # W = 1, 2, 4, 8, 16 x bases worker, split; seed 0
     "fig_bases": 3 * (4 * 3 + 1) * 3,  # 3 models x (4 distributions x 3 dims + SGD)
     "fig_lr": 6 * 4 * 24,  # 6 pairs x 4 methods x 2^5..2^-18, one seed
+    "verify": 2 * 2 * 4,  # fc, cnn x mnist, fashion_mnist x 4 methods, seed 0, 3 epochs
 }
 # Shared with an earlier experiment: fig_curves' SGD is table3's (same
 # augmented ResNet-8); fig_dims' d = 250 RBD/FPD and SGD, and fig_switch's
 # unswitched RBD and SGD, are table1's; table2's Gaussian RBD and SGD too;
-# fig_bases' ResNet-8 SGD is table3's (fig_bases' FC and CNN are augmented,
-# table1's are not, so they share nothing else).
+# fig_bases' ResNet-8 SGD is table3's, and its FC and CNN Gaussian d = 250 RBD
+# and SGD on CIFAR-10 are table1's and its Rademacher d = 250 ones table2's (all
+# augmented, as the authors ran them).
 PAPER_DEFAULT_JOBS = (
     PAPER_TRAIN_JOBS["table1"]
     + 6 * 3 * 3
@@ -60,9 +62,12 @@ PAPER_DEFAULT_JOBS = (
     + PAPER_TRAIN_JOBS["fig_scaling"]
     + PAPER_TRAIN_JOBS["fig_bases"]
     - 3
+    - 2 * 2 * 3
+    - 2 * 3
 )
 PAPER_DOWNLOADS = {"table1": 3, "table2": 3, "table3": 1, "fig_curves": 1, "fig_dims": 1,
-                   "fig_switch": 1, "fig_scaling": 1, "fig_bases": 1, "fig_lr": 3}  # fmt: skip
+                   "fig_switch": 1, "fig_scaling": 1, "fig_bases": 1, "fig_lr": 3,
+                   "verify": 2}  # fmt: skip
 
 
 @pytest.mark.parametrize("experiment", list(PAPER_TRAIN_JOBS))
@@ -73,9 +78,29 @@ def test_paper_preset_plans_each_experiments_grid(tmp_path, experiment):
     assert jobs["train"] == PAPER_TRAIN_JOBS[experiment]
     assert jobs["download_data"] == PAPER_DOWNLOADS[experiment]
     assert jobs["aggregate_experiment"] == 1
-    drawn = "render_table" if experiment.startswith("table") else "plot_figure"
+    kind = yaml.safe_load((ROOT / "config/config.yaml").read_text())["experiments"][experiment]
+    drawn = "render_table" if kind["kind"].endswith("_table") else "plot_figure"
     assert jobs[drawn] == 1
     assert jobs.get("pick_learning_rates", 0) == (experiment == "fig_lr")
+
+
+def test_verify_overlay_installs_the_local_data_and_trains_the_authors_protocol(tmp_path):
+    overlay = tmp_path / "verify.yaml"
+    overlay.write_text("data_source: {mnist: '/data sets/mnist', fashion_mnist: /data/fmnist}\n")
+    proc = snakemake(
+        "-n", "-p", "--cores", "2", "--directory", tmp_path, f"--configfile={overlay}",
+        "figures/verify.pdf",
+    )  # fmt: skip
+    jobs = planned_jobs(proc)
+    assert jobs["train"] == 16 and jobs["download_data"] == 2
+    assert "--from '/data sets/mnist'" in proc.stdout and "--from /data/fmnist" in proc.stdout
+    keys = set(re.findall(r"wildcards: run=(\S+)", proc.stdout))
+    assert len(keys) == 16 and all("_e-3_" in k and k.endswith("seed0") for k in keys)
+    # the authors' effective rates and augmentation (config/README.md, "Paper preset")
+    assert "mnist/fc/rbd/d250_gaussian/lr-1.0_e-3_b-32_aug-1/seed0" in keys
+    assert "fashion_mnist/cnn/sgd/d0_none/lr-0.0625_e-3_b-32_aug-1/seed0" in keys
+    assert "mnist/fc/fpd/d250_gaussian/lr-1.0_e-3_b-32_aug-1_off-1/seed0" in keys
+    assert "mnist/cnn/nes/d250_gaussian/lr-0.0625_e-3_b-32_aug-1_nnorm-1/seed0" in keys
 
 
 def test_bases_experiment_also_builds_its_table(tmp_path):
@@ -127,8 +152,9 @@ def test_paper_default_target_builds_all_but_the_sweep_quickly(tmp_path):
     proc = snakemake("-n", "--cores", "8", "--directory", tmp_path)
     seconds = time.monotonic() - start
     jobs = planned_jobs(proc)
-    assert jobs["train"] == PAPER_DEFAULT_JOBS == 364
+    assert jobs["train"] == PAPER_DEFAULT_JOBS == 346
     assert jobs["aggregate_experiment"] == 8
+    assert "verify" not in proc.stdout  # opt-in
     assert jobs["render_table"] == 3 and jobs["plot_figure"] == 5
     assert jobs["render_figure_table"] == 1
     assert "pick_learning_rates" not in jobs and "fig_lr" not in proc.stdout

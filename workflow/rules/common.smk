@@ -9,10 +9,10 @@ from snakemake.exceptions import WorkflowError
 
 from rbd.config import (
     FIGURE_TABLE_KINDS,
-    OPT_IN_KINDS,
     TABLE_KINDS,
     ConfigError,
     experiment_runs,
+    in_default_target,
     validate_config,
 )
 from rbd.runs import parse_run_key
@@ -159,10 +159,10 @@ def experiment_targets(name):
 
 
 def all_targets():
-    """Every experiment except the opt-in kinds (learning-rate sweeps)."""
+    """Every experiment except the opt-in ones (sweeps, `opt_in: true`)."""
     return [
         target
-        for name, kind in KINDS.items()
-        if kind not in OPT_IN_KINDS
+        for name in KINDS
+        if in_default_target(config, name)
         for target in experiment_targets(name)
     ]
