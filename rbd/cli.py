@@ -138,6 +138,11 @@ def _add_train_parser(sub) -> None:
         help="initial weights: glorot (Keras, as the authors) or torch (PyTorch defaults)",
     )
     p.add_argument("--out", required=True, type=Path, help="run directory")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run directory that holds a run with other settings",
+    )
     p.add_argument("--data-dir", default=None, help="data root (default: $RBD_DATA_DIR)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=_positive_int, default=None)
@@ -211,9 +216,13 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
 
 
 def _cmd_train(args, parser) -> int:
-    from rbd.train import train
+    from rbd.train import check_settings, train
 
     cfg = _train_config(args, parser)
+    try:
+        check_settings(cfg)
+    except ValueError as err:
+        parser.error(str(err))
     if cfg.workers is not None:
         from rbd.distributed import launch
 
@@ -449,7 +458,15 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     subparser = parser._subparsers._group_actions[0].choices[args.command]
-    return args.func(args, subparser)
+    from rbd.data import RbdDataError
+    from rbd.runs import RunDirectoryError
+
+    try:
+        return args.func(args, subparser)
+    except (RbdDataError, RunDirectoryError) as err:
+        # A user's error: one line that says what to fix, no traceback.
+        print(f"rbd {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

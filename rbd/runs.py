@@ -13,6 +13,10 @@ import shlex
 from dataclasses import dataclass, fields
 
 
+class RunDirectoryError(ValueError):
+    """A run directory holds a run made with other settings, or a file that cannot be read."""
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything that changes a run's result (operational settings excluded)."""

@@ -29,7 +29,7 @@ from rbd.data import Augmentation, load_dataset, preprocess
 from rbd.io import load_torch, save_torch, write_json, write_text
 from rbd.models import build_model, count_params
 from rbd.optim import build_optimizer, module_loss
-from rbd.runs import RunSpec
+from rbd.runs import RunDirectoryError, RunSpec
 
 log = logging.getLogger("rbd.train")
 
@@ -49,6 +49,8 @@ class TrainConfig(RunSpec):
     """A run's settings plus how to execute it (which do not change its result)."""
 
     data_dir: str | None = None
+    # Replace whatever the run directory holds instead of refusing other settings.
+    overwrite: bool = False
     device: str = "auto"
     threads: int | None = None
     checkpoint_minutes: float = 10.0
@@ -190,16 +192,20 @@ def train(cfg: TrainConfig, out_dir: str | Path, group=None) -> dict:
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.overwrite:
+        for name in (RUN_JSON, METRICS, CHECKPOINT):
+            (out / name).unlink(missing_ok=True)
     if (out / RUN_JSON).exists() and (out / METRICS).exists():
-        import json
-
+        record = _read_record(out / RUN_JSON)
+        _check_same_run(cfg, record.get("config", {}), out / RUN_JSON)
         log.info("%s already finished; nothing to do", out)
-        return json.loads((out / RUN_JSON).read_text())
+        return record
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = group.device if group is not None else resolve_device(cfg.device)
     rank, world = (group.rank, group.size) if group is not None else (0, 1)
 
+    check_settings(cfg)
     data = load_dataset(cfg.dataset, cfg.data_dir)
     train_x, train_y = data.train_x, data.train_y
     if cfg.train_limit:
@@ -213,10 +219,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, group=None) -> dict:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, tuple(train_x.shape[1:]), init=cfg.init).to(device)
     num_params = count_params(model)
-    if cfg.method != "sgd" and cfg.dim > num_params:
-        raise ValueError(f"dim={cfg.dim} exceeds the model's {num_params} parameters")
-    if cfg.nes_batches not in NES_BATCHES:
-        raise ValueError(f"nes_batches {cfg.nes_batches!r}: choose one of {NES_BATCHES}")
 
     schedule = phases(cfg)
     optimizers = [
@@ -248,8 +250,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, group=None) -> dict:
     # Workers agree on when to checkpoint by counting steps (worker 0's clock
     # sets the count at each epoch's end): none in the first epoch.
     checkpoint_steps = 0
-    if ckpt_path.exists():
-        ckpt = load_torch(ckpt_path)
+    ckpt = _read_checkpoint(ckpt_path)
+    if ckpt is not None:
+        _check_same_run(cfg, ckpt.get("spec", {}), ckpt_path)
         model.load_state_dict(ckpt["model"])
         for opt, state in zip(optimizers, ckpt["optimizers"], strict=True):
             opt.load_state_dict(state)
@@ -283,6 +286,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, group=None) -> dict:
             ckpt_path,
             {
                 **extra,
+                "spec": dataclasses.asdict(cfg.spec),
                 "model": model.state_dict(),
                 "optimizers": [opt.state_dict() for opt in optimizers],
                 "order_state": order_state,
@@ -447,6 +451,74 @@ def train(cfg: TrainConfig, out_dir: str | Path, group=None) -> dict:
     return record
 
 
+def check_settings(cfg: TrainConfig) -> None:
+    """Settings that cannot work, found before any data is loaded (ValueError naming them)."""
+    from rbd.data import INPUT_SHAPES
+
+    if cfg.nes_batches not in NES_BATCHES:
+        raise ValueError(f"nes_batches {cfg.nes_batches!r}: choose one of {NES_BATCHES}")
+    if cfg.method != "sgd":
+        shape = INPUT_SHAPES[cfg.dataset]
+        num_params = count_params(build_model(cfg.model, shape, init="torch"))
+        if cfg.dim > num_params:
+            raise ValueError(
+                f"dim={cfg.dim} exceeds D = {num_params:,}, the parameters of {cfg.model} on "
+                f"{cfg.dataset}; choose dim <= {num_params:,}"
+            )
+
+
+def _read_record(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise RunDirectoryError(
+            f"{path} cannot be read ({type(err).__name__}: {err}); delete the run directory "
+            f"or rerun with --overwrite"
+        ) from None
+
+
+def _check_same_run(cfg: TrainConfig, saved: dict, where: Path) -> None:
+    """Refuse to resume or reuse a run directory whose run had other settings."""
+    defaults = {f.name: f.default for f in fields(RunSpec)}
+    wanted = dataclasses.asdict(cfg.spec)
+    differ = [
+        f"{name} {saved.get(name, defaults[name])!r} there, {value!r} asked"
+        for name, value in wanted.items()
+        if saved.get(name, defaults[name]) != value
+    ]
+    if saved and differ:
+        raise RunDirectoryError(
+            f"{where.parent} holds a run with other settings ({'; '.join(differ)}); "
+            f"use another --out, or --overwrite to replace it"
+        )
+
+
+def _read_checkpoint(path: Path) -> dict | None:
+    """The checkpoint, or None when there is none or it cannot be read: an unreadable one
+    (a truncated write, a full disk) is moved aside as checkpoint.pt.bad-N, and the run
+    starts again from scratch instead of failing the same way on every retry."""
+    if not path.exists():
+        return None
+    try:
+        return load_torch(path)
+    except Exception as err:  # torch raises several types for a damaged file
+        n = 1
+        while path.with_name(f"{path.name}.bad-{n}").exists():
+            n += 1
+        aside = path.with_name(f"{path.name}.bad-{n}")
+        path.replace(aside)
+        log.warning(
+            "%s cannot be read (%s: %s); moved it to %s and starting the run from scratch",
+            path,
+            type(err).__name__,
+            err,
+            aside.name,
+        )
+        return None
+
+
 def _method_options(method: str, cfg: TrainConfig) -> dict:
     """The settings that only some methods take."""
     if method == "nes":
@@ -592,7 +664,7 @@ def _progress(total: int, done: int, label: str, rank: int = 0):
 def _log_epoch(row: dict, epochs: int) -> None:
     log.info(
         "epoch %d/%d  train_loss %.4f  train_acc %.2f  val_loss %.4f  val_acc %.2f"
-        "  grad_corr %.4f  %.1f s  %.0f img/s",
+        "  grad_corr %.4f (per tensor %.4f)  %.1f s  %.0f img/s",
         row["epoch"],
         epochs,
         row["train_loss"],
@@ -600,6 +672,7 @@ def _log_epoch(row: dict, epochs: int) -> None:
         row["val_loss"],
         row["val_acc"],
         row["grad_corr_mean"],
+        row["grad_corr_tensors_mean"],
         row["seconds"],
         row["images_per_s"],
     )
