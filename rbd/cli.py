@@ -189,13 +189,13 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
     checks = {
         "--compartments": (
             args.compartments,
-            r"^(none|layer|chunk:[1-9][0-9]*|compression:[0-9]+(\.[0-9]+)?)$",
+            r"(none|layer|chunk:[1-9][0-9]*|compression:([1-9][0-9]*(\.[0-9]+)?|0\.[0-9]*[1-9][0-9]*))",
         ),
-        "--switch": (args.switch, r"^(none|sgd_first:[1-9][0-9]*|sgd_last:[1-9][0-9]*)$"),
-        "--device": (args.device, r"^(auto|cpu|cuda(:[0-9]+)?)$"),
+        "--switch": (args.switch, r"(none|sgd_first:[1-9][0-9]*|sgd_last:[1-9][0-9]*)"),
+        "--device": (args.device, r"(auto|cpu|cuda(:[0-9]+)?)"),
     }
     for flag, (value, pattern) in checks.items():
-        if not re.match(pattern, value):
+        if not re.fullmatch(pattern, value):
             parser.error(f"argument {flag}: invalid value {value!r} (expected {pattern})")
     if args.method != "sgd" and args.dim < 1:
         parser.error(f"argument --dim: must be a positive integer for --method {args.method}")

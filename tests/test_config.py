@@ -56,6 +56,15 @@ BAD_CONFIGS = [
     ("unknown bases", (*T1, "bases"), ["own"], "experiments.table1.bases.0"),
     ("unknown combine", (*T1, "combine"), "max", "experiments.table1.combine"),
     ("workers for NES", (*T1, "workers"), [2], "experiments.table1.workers"),
+    # `$` alone matches before a trailing newline: every pattern must end at the end
+    ("compartments with a newline", (*T1, "compartments"), ["layer\n"], "compartments.0"),
+    ("chunk with a newline", (*T1, "compartments"), ["chunk:5\n"], "compartments.0"),
+    ("zero compression", (*T1, "compartments"), ["compression:0"], "compartments.0"),
+    ("zero compression, decimal", (*T1, "compartments"), ["compression:0.0"], "compartments.0"),
+    ("switch with a newline", (*T1, "switches"), ["sgd_first:1\n"], "switches.0"),
+    ("device with a newline", ("device",), "cpu\n", "device"),
+    ("rate with a newline", ("learning_rates", "rbd", "fc-mnist5k"), "2^3\n", "learning_rates"),
+    ("empty data_dir", ("data_dir",), "", "data_dir"),
 ]
 
 
@@ -119,6 +128,9 @@ BAD_CALLS = [
     (["--switch", "sgd_first:5"], "--switch"),
     (["--batch-size", "-3"], "--batch-size"),
     (["--device", "tpu"], "--device"),
+    (["--device", "cpu\n"], "--device"),
+    (["--compartments", "layer\n"], "--compartments"),
+    (["--compartments", "compression:0"], "--compartments"),
     (["--nes-sigma", "0"], "--nes-sigma"),
 ]
 GOOD = {
