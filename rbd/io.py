@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
+import socket
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+from rbd.runs import RunDirectoryError
+
+LOCK_FILE = ".rbd-lock"
+log = logging.getLogger("rbd.io")
 
 
 def _umask() -> int:
@@ -51,3 +61,38 @@ def save_torch(path: Path, obj) -> None:
 def load_torch(path: Path):
     """Checkpoints hold tensors, numbers and strings only, so the safe loader suffices."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@contextmanager
+def run_lock(directory: Path):
+    """Hold the run directory's lock for the block: a second process (a SLURM retry that
+    overlaps a job still running, a user) fails at once naming the holder.
+
+    The lock is an flock on ``<dir>/.rbd-lock``, which the kernel drops when its holder
+    dies, so a lock left by a killed job is taken over (with a log line naming it)."""
+    path = Path(directory) / LOCK_FILE
+    handle = open(path, "a+")  # noqa: SIM115 (held for the whole block)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunDirectoryError(
+                f"{directory} is in use by {holder}; wait for it to end, or train into "
+                f"another --out"
+            ) from None
+        handle.seek(0)
+        previous = handle.read().strip()
+        if previous:
+            log.info("took over the lock of %s in %s (no longer running)", previous, directory)
+        handle.seek(0)
+        handle.truncate()
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}\n")
+        handle.flush()
+        yield
+        handle.seek(0)
+        handle.truncate()
+    finally:
+        handle.close()

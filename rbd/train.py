@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from rbd import __version__
 from rbd.data import Augmentation, load_dataset, preprocess
-from rbd.io import load_torch, save_torch, write_json, write_text
+from rbd.io import load_torch, run_lock, save_torch, write_json, write_text
 from rbd.models import build_model, count_params
 from rbd.optim import build_optimizer, module_loss
 from rbd.runs import RunDirectoryError, RunSpec
@@ -188,10 +188,18 @@ def train(cfg: TrainConfig, out_dir: str | Path, group=None) -> dict:
     """Run (or resume, or skip if finished) one training run; return its run.json record.
 
     ``group``: this process's `rbd.distributed.Group` when it is one of W
-    workers (`rbd.distributed.launch` passes it); None for a plain run.
+    workers (`rbd.distributed.launch` passes it); None for a plain run. The
+    run directory is locked for the run (worker 0 holds the lock).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if group is not None and not group.is_main:
+        return _train(cfg, out, group)
+    with run_lock(out):
+        return _train(cfg, out, group)
+
+
+def _train(cfg: TrainConfig, out: Path, group) -> dict:
     if cfg.overwrite:
         for name in (RUN_JSON, METRICS, CHECKPOINT):
             (out / name).unlink(missing_ok=True)

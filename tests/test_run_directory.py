@@ -117,3 +117,31 @@ def test_a_missing_data_set_is_one_line(tmp_path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert "rbd train: error:" in proc.stderr and "rbd download" in proc.stderr
+
+
+def test_a_locked_run_directory_refuses_a_second_process(tmp_path):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from rbd.io import run_lock\n"
+         f"with run_lock({str(tmp_path)!r}):\n print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = _train(tmp_path)
+        _one_line_error(proc, f"is in use by pid {holder.pid}")
+        assert not (tmp_path / RUN_JSON).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_stale_lock_is_taken_over_with_a_log_line(tmp_path, caplog):
+    (tmp_path / ".rbd-lock").write_text("pid 4194303 on gone-host since 2026-01-01 00:00:00\n")
+    with caplog.at_level("INFO", logger="rbd.io"):
+        record = train(cfg(epochs=1), tmp_path)
+    assert record["status"] == "done"
+    assert any("pid 4194303 on gone-host" in r.getMessage() for r in caplog.records)
