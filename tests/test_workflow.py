@@ -238,3 +238,39 @@ def test_tiny_preset_end_to_end_with_report(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     html = report.read_text(errors="replace")
     assert "table1" in html and "fig_dims" in html and "fig_lr_best.yaml" in html
+
+
+@pytest.mark.slow
+def test_operational_settings_never_rerun_a_finished_run(tmp_path):
+    """Finished runs survive another thread count, device spelling, data location,
+    checkpoint interval or divergence threshold; another lr or epochs reruns exactly
+    the runs it changes."""
+    config = yaml.safe_load((ROOT / "config/quick.yaml").read_text())
+    config["preset"] = "tiny-rerun"
+    config["defaults"] |= {"epochs": 1, "seeds": [0], "dim": 20}
+    config["experiments"] = {
+        "tiny": {"kind": "method_table", "models": ["fc"], "datasets": ["mnist5k"],
+                 "methods": ["sgd", "rbd"]}
+    }  # fmt: skip
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    base = ("--cores", "1", "--directory", tmp_path, f"--configfile={path}")
+    proc = snakemake(*base, "results/tables/tiny.csv", timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for override in (
+        ["threads=2"],
+        ["device=auto"],  # the preset says cpu; auto is cpu here too
+        ["data_dir=/elsewhere/data"],
+        ["checkpoint_minutes=3", "divergence_loss=50"],
+    ):
+        proc = snakemake("-n", *base, "results/tables/tiny.csv", "--config", *override)
+        assert proc.returncode == 0, proc.stderr
+        assert "train" not in planned_jobs(proc), (override, proc.stdout)
+    config["learning_rates"]["rbd"]["fc-mnist5k"] = "2^2"
+    path.write_text(yaml.safe_dump(config))
+    proc = snakemake("-n", *base, "results/tables/tiny.csv")
+    assert planned_jobs(proc)["train"] == 1  # the RBD run; SGD's is untouched
+    config["defaults"]["epochs"] = 2
+    path.write_text(yaml.safe_dump(config))
+    proc = snakemake("-n", *base, "results/tables/tiny.csv")
+    assert planned_jobs(proc)["train"] == 2

@@ -15,6 +15,7 @@ from rbd.config import (
     in_default_target,
     validate_config,
 )
+from rbd.io import write_text
 from rbd.runs import parse_run_key
 from rbd.workflow import import_package_from
 
@@ -73,20 +74,44 @@ def run_files(experiment):
 
 
 def train_args(run):
-    """`rbd train` flags for a run key, each shell-quoted."""
-    operational = [
-        "--data-dir",
-        DATA_DIR,
-        "--device",
-        config.get("device", "auto"),
-        "--threads",
-        str(config.get("threads", 1)),
-        "--checkpoint-minutes",
-        str(config.get("checkpoint_minutes", 10)),
-        "--divergence-loss",
-        str(config.get("divergence_loss", 1000)),
-    ]
-    return f"{parse_run_key(run).shell_args()} {shlex.join(operational)}"
+    """`rbd train` flags that define a run (from its key), each shell-quoted."""
+    return parse_run_key(run).shell_args()
+
+
+# How jobs run, not what they compute (interpreter, data location, device, threads,
+# checkpoint interval, divergence threshold) lives in a launcher script whose path,
+# the only thing the train rule's params hold of it, never changes: Snakemake reruns a
+# finished job whose params changed, and none of these may retrain a finished run.
+# Every setting that changes a result is in the run key, hence in the output path.
+TRAIN_LAUNCHER = ".snakemake/rbd/train.sh"
+
+
+def write_train_launcher(path=TRAIN_LAUNCHER):
+    command = shlex.join(
+        [
+            *shlex.split(PYTHON),
+            "-m",
+            "rbd",
+            "train",
+            "--data-dir",
+            DATA_DIR,
+            "--device",
+            str(config.get("device", "auto")),
+            "--threads",
+            str(config.get("threads", 1)),
+            "--checkpoint-minutes",
+            str(config.get("checkpoint_minutes", 10)),
+            "--divergence-loss",
+            str(config.get("divergence_loss", 1000)),
+        ]
+    )
+    write_text(
+        Path(path),
+        f'#!/bin/sh\n# Written by the workflow at start.\nexec {command} "$@"\n',
+    )
+
+
+write_train_launcher()
 
 
 def run_workers(run):

@@ -20,8 +20,10 @@ rule train:
         tasks=train_tasks,
         cpus_per_task=train_threads,
     params:
-        python=PYTHON,
+        # How to run (common.smk, TRAIN_LAUNCHER): a fixed path, so that operational
+        # settings never rerun a finished job; what to run: the run key's flags.
+        launcher=TRAIN_LAUNCHER,
         args=lambda wildcards: train_args(wildcards.run),
         out=lambda wildcards: f"results/runs/{wildcards.run}",
     shell:
-        "{params.python} -m rbd train {params.args} --out {params.out:q} > {log:q} 2>&1"
+        "sh {params.launcher:q} {params.args} --out {params.out:q} > {log:q} 2>&1"
