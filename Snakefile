@@ -11,11 +11,19 @@ min_version("9.0")
 WORKFLOW_START = time.time()
 
 
-# A --configfile that names a preset replaces the paper preset instead of being
-# merged into it key by key (which would leak the paper's experiments into it).
-if not config.get("preset"):
+# The preset: a complete --configfile=PATH is used as it is; otherwise the given keys
+# (--config preset=quick, override files) are merged over the named preset's file
+# (config/<preset>.yaml; default paper, config/config.yaml). rbd.config.resolve_preset.
+from snakemake.exceptions import WorkflowError
 
-    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+from rbd.config import ConfigError, resolve_preset
+
+try:
+    _resolved = resolve_preset(dict(config), os.path.join(workflow.basedir, "config"))
+except ConfigError as err:
+    raise WorkflowError(f"invalid configuration: {err}") from None
+config.clear()
+config.update(_resolved)
 
 
 include: "workflow/rules/common.smk"

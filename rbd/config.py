@@ -268,14 +268,47 @@ def experiment_runs(config: dict) -> dict[str, list[RunSpec]]:
     return {name: expand_experiment(config, name) for name in config.get("experiments", {})}
 
 
-def load_config_files(paths) -> dict:
-    """Read config files the way this workflow combines them: a file that names a
-    `preset` replaces the configuration as a whole; other files merge key by key."""
+def preset_path(name: str, config_dir: str | Path) -> Path:
+    """The file of preset `name`: config/config.yaml for "paper", else config/<name>.yaml."""
+    path = Path(config_dir) / ("config.yaml" if name == "paper" else f"{name}.yaml")
+    if not re.fullmatch(r"[a-z][a-z0-9_-]*", name) or not path.is_file():
+        shipped = sorted(
+            "paper" if p.name == "config.yaml" else p.stem
+            for p in Path(config_dir).glob("*.yaml")
+            if "experiments" in (yaml.safe_load(p.read_text()) or {})
+        )
+        raise ConfigError(
+            f"config key preset: no preset {name!r} (no {path}); choose one of "
+            f"{', '.join(shipped)}, or give a complete config with --configfile=PATH"
+        )
+    return path
+
+
+def resolve_preset(config: dict, config_dir: str | Path) -> dict:
+    """The configuration a Snakemake call asked for.
+
+    A complete config (one with `experiments`, e.g. --configfile=config/quick.yaml) is
+    used as it is. Otherwise the keys given (`--config preset=quick`, override files
+    without `experiments`) are merged, key by key, over the preset they name (`preset`,
+    default "paper"), so that no override can silently fall back to another preset.
+    """
+    if "experiments" in config:
+        return config
+    name = str(config.get("preset", "paper"))
+    base = yaml.safe_load(preset_path(name, config_dir).read_text()) or {}
+    return _merge(base, config)
+
+
+def load_config_files(paths, config_dir: str | Path = DEFAULT_SCHEMA.parent.parent) -> dict:
+    """Read config files, later ones overriding: a complete config (with `experiments`)
+    replaces what came before, other files merge key by key; a result without
+    `experiments` is merged over the preset it names (`resolve_preset`), as the
+    Snakefile does."""
     config: dict = {}
     for path in paths:
         layer = yaml.safe_load(Path(path).read_text()) or {}
-        config = layer if "preset" in layer else _merge(config, layer)
-    return config
+        config = layer if "experiments" in layer else _merge(config, layer)
+    return resolve_preset(config, config_dir)
 
 
 def _merge(base: dict, layer: dict) -> dict:

@@ -105,6 +105,20 @@ def test_paper_table1_grid_is_six_pairs_times_four_methods_times_three_seeds():
     assert rbd.lr == 2**-5 * 32 and rbd.dim == 250 and rbd.epochs == 100 and rbd.augment
 
 
+def test_overrides_merge_over_the_preset_they_name(tmp_path):
+    override = tmp_path / "more.yaml"
+    override.write_text("preset: quick\ndefaults: {seeds: [0]}\n")
+    merged = load_config_files([override], config_dir=ROOT / "config")
+    assert merged["preset"] == "quick" and set(merged["experiments"]) == set(QUICK["experiments"])
+    assert merged["defaults"]["seeds"] == [0] and merged["defaults"]["epochs"] == 3
+    # no preset named: the paper preset, never silently another one
+    override.write_text("defaults: {seeds: [0]}\n")
+    assert load_config_files([override], config_dir=ROOT / "config")["preset"] == "paper"
+    override.write_text("preset: fast\n")
+    with pytest.raises(ConfigError, match="no preset 'fast'.*paper, quick"):
+        load_config_files([override], config_dir=ROOT / "config")
+
+
 def test_a_preset_configfile_replaces_instead_of_merging(tmp_path):
     override = tmp_path / "more.yaml"
     override.write_text("defaults: {epochs: 2, seeds: [0]}\n")

@@ -196,6 +196,26 @@ def test_quick_preset_default_target_plans_every_experiment_but_the_sweep(tmp_pa
     assert "download_data" not in jobs and "pick_learning_rates" not in jobs
 
 
+def test_a_preset_by_name_takes_override_files_on_top(tmp_path):
+    """`--config preset=quick` with `--configfile=more.yaml`: the quick preset with the
+    override (Snakemake keeps only the last --configfile, so two files cannot do it)."""
+    more = tmp_path / "more.yaml"
+    more.write_text("defaults: {epochs: 4, seeds: [0]}\n")
+    args = ("-n", "--cores", "2", "--directory", tmp_path, f"--configfile={more}")
+    proc = snakemake(*args, "--config", "preset=quick")
+    jobs = planned_jobs(proc)
+    assert "download_data" not in jobs
+    keys = set(re.findall(r"wildcards: run=(\S+)", proc.stdout))
+    assert keys and all(k.startswith("mnist5k/") for k in keys)
+    # experiments with their own epochs keep them (table1 10, fig_scaling 2); the rest
+    # take the override's 4 instead of the quick default 3, and seed 0 only
+    assert {re.search(r"_e-(\d+)_", k)[1] for k in keys} == {"2", "4", "10"}
+    uniform = [k for k in keys if "_uniform/" in k]  # table2's, on the default seeds
+    assert uniform and all(k.endswith("/seed0") for k in uniform)
+    proc = snakemake(*args, "--config", "preset=fast")
+    assert proc.returncode != 0 and "no preset 'fast'" in proc.stdout + proc.stderr
+
+
 def test_snakemake_lint_is_clean():
     proc = snakemake("--lint", f"--configfile={ROOT / 'config/quick.yaml'}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
