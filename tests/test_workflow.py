@@ -6,7 +6,6 @@ import math
 import re
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
@@ -147,10 +146,8 @@ def test_train_runtime_grows_with_epochs_and_model(tmp_path):
     assert {res["runtime"] for res in jobs.values()} == {str(10 + 100 * 2)}  # resnet8
 
 
-def test_paper_default_target_builds_all_but_the_sweep_quickly(tmp_path):
-    start = time.monotonic()
+def test_paper_default_target_builds_all_but_the_sweep(tmp_path):
     proc = snakemake("-n", "--cores", "8", "--directory", tmp_path)
-    seconds = time.monotonic() - start
     jobs = planned_jobs(proc)
     assert jobs["train"] == PAPER_DEFAULT_JOBS == 346
     assert jobs["aggregate_experiment"] == 8
@@ -158,7 +155,6 @@ def test_paper_default_target_builds_all_but_the_sweep_quickly(tmp_path):
     assert jobs["render_table"] == 3 and jobs["plot_figure"] == 5
     assert jobs["render_figure_table"] == 1
     assert "pick_learning_rates" not in jobs and "fig_lr" not in proc.stdout
-    assert seconds < 10, f"the dry run took {seconds:.1f} s"
 
 
 def test_quick_preset_plans_only_its_own_runs(tmp_path):
