@@ -71,7 +71,14 @@ def run_lock(directory: Path):
     The lock is an flock on ``<dir>/.rbd-lock``, which the kernel drops when its holder
     dies, so a lock left by a killed job is taken over (with a log line naming it)."""
     path = Path(directory) / LOCK_FILE
-    handle = open(path, "a+")  # noqa: SIM115 (held for the whole block)
+    try:
+        handle = open(path, "a+")  # noqa: SIM115 (held for the whole block)
+    except OSError as err:
+        # Found now, before any compute, instead of at the first checkpoint.
+        raise RunDirectoryError(
+            f"cannot write to the run directory {directory} ({err.strerror}); "
+            f"choose a writable --out"
+        ) from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -9,6 +9,7 @@ cell says how many seeds diverged.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -381,14 +382,35 @@ def render(
     from rbd.io import write_text
 
     wide = wide_table(table, kind)
-    caption = f"{description or experiment}. {CAPTIONS[kind]}"
+    # A description is user text: one line, and escaped where it lands in markup.
+    caption = " ".join(f"{description or experiment}. {CAPTIONS[kind]}".split())
     if md is not None:
-        write_text(md, f"# {experiment}\n\n{caption}\n\n{markdown(wide)}\n")
+        write_text(md, f"# {experiment}\n\n{markdown_escape(caption)}\n\n{markdown(wide)}\n")
     if tex is not None:
         body = wide.replace("\n", "; ", regex=True).to_latex(index=False, escape=True)
         write_text(tex, f"% {experiment}: {caption}\n{body}")
     if pdf is not None:
         _table_pdf(wide, caption, Path(pdf))
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|#~])")
+
+
+def markdown_escape(text: str) -> str:
+    """Text shown as itself in Markdown (and in the HTML made from it): emphasis, code,
+    links, inline HTML, table pipes and headings backslash-escaped, and a leading list
+    marker too (parentheses are inert once brackets are escaped)."""
+    escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+    return "\\" + escaped if escaped[:1] in ("+", "-") else escaped
+
+
+_RST_SPECIAL = re.compile(r"([\\`*_|<>\[\]:])")
+
+
+def rst_escape(text: str) -> str:
+    """Text shown as itself in reStructuredText (the workflow report's captions): one
+    line, every inline-markup character backslash-escaped."""
+    return _RST_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
 
 
 def markdown(wide: pd.DataFrame) -> str:

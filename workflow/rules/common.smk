@@ -16,6 +16,7 @@ from rbd.config import (
     validate_config,
 )
 from rbd.io import write_text
+from rbd.tables import rst_escape
 from rbd.runs import parse_run_key
 from rbd.workflow import import_package_from
 

@@ -27,6 +27,7 @@ rule plot_figure:
         python=PYTHON,
         kind=lambda wildcards: KINDS[wildcards.experiment],
         description=lambda wildcards: description(wildcards.experiment),
+        caption=lambda wildcards: rst_escape(description(wildcards.experiment)),
         n_runs=lambda wildcards: len(RUNS[wildcards.experiment]),
     shell:
         "{params.python} -m rbd plot --experiment {wildcards.experiment:q} "

@@ -46,6 +46,7 @@ rule render_table:
         python=PYTHON,
         kind=lambda wildcards: KINDS[wildcards.experiment],
         description=lambda wildcards: description(wildcards.experiment),
+        caption=lambda wildcards: rst_escape(description(wildcards.experiment)),
         n_runs=lambda wildcards: len(RUNS[wildcards.experiment]),
     shell:
         "{params.python} -m rbd render --experiment {wildcards.experiment:q} "
@@ -74,6 +75,7 @@ rule render_figure_table:
         python=PYTHON,
         kind=lambda wildcards: KINDS[wildcards.experiment],
         description=lambda wildcards: description(wildcards.experiment),
+        caption=lambda wildcards: rst_escape(description(wildcards.experiment)),
         n_runs=lambda wildcards: len(RUNS[wildcards.experiment]),
     shell:
         "{params.python} -m rbd render --experiment {wildcards.experiment:q} "
