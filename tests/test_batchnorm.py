@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from rbd.models import build_model, count_params
 from rbd.optim import build_optimizer
+from rbd.projection import generate_directions, step_seeds
 from rbd.train import _train_step
 
 
@@ -49,4 +50,19 @@ def test_nes_offspring_update_moves_statistics_once_on_its_first_minibatch():
     loss, correct, seen = _nes_offspring_step(model, opt, batches)
     for (name, got), want in zip(model.named_buffers(), reference.buffers(), strict=True):
         assert torch.equal(got, want), name
-    assert seen == 12 and 0 <= correct <= 12 and math.isfinite(loss)
+    # The offspring's counts, computed here: offspring i is the starting weights plus
+    # sigma eps_i (eps_i from the run's seeds), scored in train mode on minibatch i.
+    eps = generate_directions(step_seeds(0, 0, 0, 0, 3), count_params(model), "gaussian")
+    start = torch.cat([p.detach().reshape(-1) for p in reference.parameters()])
+    want_correct, want_loss = 0, 0.0
+    for i, (x, y) in enumerate(batches):
+        offspring = build_model("resnet8", (3, 32, 32))
+        offspring.load_state_dict(reference.state_dict())
+        torch.nn.utils.vector_to_parameters(start + 0.01 * eps[i], offspring.parameters())
+        offspring.train()
+        with torch.no_grad():
+            logits = offspring(x)
+        want_correct += int((logits.argmax(1) == y).sum())
+        want_loss += float(F.cross_entropy(logits, y)) / 3
+    assert seen == 12 and correct == want_correct
+    assert math.isfinite(loss) and loss == pytest.approx(want_loss, rel=1e-4)

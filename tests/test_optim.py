@@ -306,13 +306,27 @@ def test_compression_and_coordinate_count():
     assert opt.num_coordinates == 1000 and opt.num_params == 101_770
 
 
-def test_stats_are_floats():
+def test_stats_equal_a_dense_computation():
     model = small_model()
-    opt = RBD(model.parameters(), lr=0.1, dim=4, compartments="chunk:50")
-    run_steps(opt, model, 1)
+    x, y = batch()
+    size = sum(p.numel() for p in model.parameters())  # 131: chunks of 50, 50, 31
+    theta = flat_params(model).double()
+    opt = RBD(model.parameters(), lr=0.1, dim=4, seed=3, compartments="chunk:50")
+    opt.zero_grad()
+    loss_of(model, x, y).backward()
+    g = flat_grad(model).double()
+    opt.step()
+    u = theta - flat_params(model).double()
+    coords = []
+    for k, start in enumerate(range(0, size, 50)):
+        part = slice(start, min(start + 50, size))
+        n = part.stop - part.start
+        coords.append(dense_phi(3, 0, k, 4, n) @ g[part] / math.sqrt(n))
+    coords = torch.cat(coords)
     assert all(isinstance(v, float) for v in opt.stats.values())
-    assert -1 <= opt.stats["grad_corr"] <= 1
-    assert opt.stats["coord_std"] > 0
+    assert opt.stats["grad_corr"] == pytest.approx(float(u @ g / (u.norm() * g.norm())), abs=1e-5)
+    assert opt.stats["coord_mean"] == pytest.approx(float(coords.mean()), abs=1e-6)
+    assert opt.stats["coord_std"] == pytest.approx(float(coords.std()), rel=1e-5)
 
 
 def test_param_groups_and_parameters_without_gradients():
