@@ -224,7 +224,7 @@ def _cmd_train(args, parser) -> int:
     except ValueError as err:
         parser.error(str(err))
     if cfg.workers is not None:
-        from rbd.distributed import launch
+        from rbd.launch import launch
 
         record = launch(cfg, args.out)
     else:

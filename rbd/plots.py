@@ -10,49 +10,20 @@ written as a `learning_rates` YAML snippet (`lr_snippet`).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from rbd.tables import (
+from rbd.style import (
     DISTRIBUTION_LABELS,
-    DIVERGED,
+    METHOD_COLORS,
     METHOD_LABELS,
     METHOD_ORDER,
     pair_label,
-    paper_order,
+    pyplot,
+    save_pdf,
 )
-
-METHOD_COLORS = {"sgd": "#222222", "rbd": "#d1495b", "fpd": "#00798c", "nes": "#edae49"}
-_STYLE_SET = False
-
-
-def pyplot():
-    """matplotlib.pyplot on the non-interactive backend, with the project's style applied."""
-    global _STYLE_SET
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not _STYLE_SET:
-        import seaborn as sns
-
-        sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
-        plt.rcParams.update({"pdf.fonttype": 42, "figure.dpi": 100, "legend.frameon": False})
-        _STYLE_SET = True
-    return plt
-
-
-def save_pdf(fig, path) -> None:
-    """Save `fig` as a PDF atomically (a killed job leaves no half file) and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.pdf")
-    fig.savefig(tmp, bbox_inches="tight")
-    pyplot().close(fig)
-    tmp.replace(path)
+from rbd.tables import DIVERGED, paper_order
 
 
 def _pairs(data: pd.DataFrame) -> list[tuple[str, str]]:

@@ -16,30 +16,21 @@ import numpy as np
 import pandas as pd
 
 from rbd.paper import paper_frac_sgd, paper_val_acc
+from rbd.style import (
+    DATASET_ORDER,
+    DISTRIBUTION_LABELS,
+    METHOD_LABELS,
+    METHOD_ORDER,
+    MODEL_ORDER,
+    pair_label,
+    pyplot,
+    save_pdf,
+)
 
 GROUP_KEYS = ["model", "dataset", "method", "dim", "distribution", "compartments", "switch", "lr"]
 RUN_KEYS = GROUP_KEYS + ["seed", "epochs", "augment", "batch_size"]
 # Settings of distributed runs (rbd.distributed); absent from one-process runs.
 DISTRIBUTED_KEYS = ["workers", "bases", "combine"]
-METHOD_ORDER = ["nes", "fpd", "rbd", "sgd"]
-METHOD_LABELS = {"nes": "NES", "fpd": "FPD", "rbd": "RBD", "sgd": "SGD"}
-DISTRIBUTION_LABELS = {
-    "gaussian": "Gaussian",
-    "uniform": "Uniform",
-    "rademacher": "Rademacher",
-    "bernoulli-official": "Bernoulli (authors')",
-    "srht": "SRHT",
-    "fastfood": "Fastfood",
-}
-# Rows in the paper's order: models, then data sets, as Table 1 lists them.
-MODEL_ORDER = ["fc", "cnn", "resnet8"]
-DATASET_ORDER = ["mnist5k", "mnist", "fashion_mnist", "cifar10"]
-DATASET_LABELS = {
-    "mnist5k": "MNIST5k",
-    "mnist": "MNIST",
-    "fashion_mnist": "FMNIST",
-    "cifar10": "CIFAR10",
-}
 # grad_corr_mean: one cosine between the whole update and the whole gradient per step;
 # grad_corr_tensors_mean: the mean of the per-tensor cosines, the authors' statistic
 # (models/rbd.py records "correlation/<weight>" per tensor). Epoch means of both.
@@ -213,11 +204,6 @@ def paper_order(column: pd.Series) -> pd.Series:
         return column
     rank = {name: i for i, name in enumerate(orders[column.name])}
     return column.map(lambda v: rank.get(v, len(rank)))
-
-
-def pair_label(model: str, dataset: str) -> str:
-    """ "FC-MNIST", as the paper names a model-data pair."""
-    return f"{model.upper()}-{DATASET_LABELS.get(dataset, dataset)}"
 
 
 def _missing(value) -> bool:
@@ -424,8 +410,6 @@ def markdown(wide: pd.DataFrame) -> str:
 
 def _table_pdf(wide: pd.DataFrame, caption: str, path: Path) -> None:
     import textwrap
-
-    from rbd.plots import pyplot, save_pdf
 
     plt = pyplot()
     n_lines = max((str(v).count("\n") + 1 for v in wide.values.ravel()), default=1)

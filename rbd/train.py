@@ -188,7 +188,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, group=None) -> dict:
     """Run (or resume, or skip if finished) one training run; return its run.json record.
 
     ``group``: this process's `rbd.distributed.Group` when it is one of W
-    workers (`rbd.distributed.launch` passes it); None for a plain run. The
+    workers (`rbd.launch.launch` passes it); None for a plain run. The
     run directory is locked for the run (worker 0 holds the lock).
     """
     out = Path(out_dir)

@@ -16,7 +16,8 @@ from conftest import run_rbd
 
 import rbd.train as train_module
 from rbd.distributed import TIMING_COLUMNS as DIST_TIMING
-from rbd.distributed import DistributedRBD, Group, launch
+from rbd.distributed import DistributedRBD, Group
+from rbd.launch import launch
 from rbd.models import build_model
 from rbd.projection import expand, project, step_seeds
 from rbd.train import TIMING_COLUMNS, TrainConfig, train
