@@ -1,5 +1,4 @@
 # Config validation and the functions that turn config into file lists.
-import math
 import os
 import shlex
 import sys
@@ -15,6 +14,7 @@ from rbd.config import (
     in_default_target,
     validate_config,
 )
+from rbd.cost import runtime_minutes
 from rbd.io import write_text
 from rbd.tables import rst_escape
 from rbd.runs import parse_run_key
@@ -125,17 +125,17 @@ def train_threads(wildcards):
     return run_workers(wildcards.run) * int(config.get("threads", 1))
 
 
-# Minutes per epoch on the full data set (mnist5k is 12x smaller), by model:
-# guesses for one GPU or a few CPU threads at d = 250, not measurements.
-# A job killed at its limit is retried (profile `retries`) with `attempt` times
-# the time and resumes from its checkpoint, so a low guess costs a restart.
-MINUTES_PER_EPOCH = {"fc": 0.5, "cnn": 1, "resnet8": 2}
-
-
 def train_runtime(wildcards, attempt):
-    """Wall-time limit of a training job in minutes (SLURM --time)."""
-    spec = parse_run_key(wildcards.run)
-    return attempt * (10 + math.ceil(spec.epochs * MINUTES_PER_EPOCH[spec.model]))
+    """Wall-time limit of a training job in minutes (SLURM --time): rbd.cost's estimate
+    from d, D, epochs and the device, times the config key `runtime_scale`. A job killed
+    at its limit is retried (profile `retries`) with `attempt` times the time and resumes
+    from its checkpoint."""
+    return runtime_minutes(
+        parse_run_key(wildcards.run),
+        device=str(config.get("device", "auto")),
+        scale=float(config.get("runtime_scale", 1.0)),
+        attempt=attempt,
+    )
 
 
 def train_mem_mb(wildcards):

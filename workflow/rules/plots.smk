@@ -1,6 +1,12 @@
 # Figures from the tidy tables, and the best rates of a learning-rate sweep.
 
 
+# Small jobs: they run on the machine that runs Snakemake, never in a cluster queue.
+localrules:
+    plot_figure,
+    pick_learning_rates,
+
+
 rule plot_figure:
     input:
         csv="results/tables/{experiment}.csv",

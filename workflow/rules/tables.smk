@@ -2,6 +2,13 @@
 # (also the table beside a figure of kind `bases`).
 
 
+# Small jobs: they run on the machine that runs Snakemake, never in a cluster queue.
+localrules:
+    aggregate_experiment,
+    render_table,
+    render_figure_table,
+
+
 rule aggregate_experiment:
     input:
         runs=lambda wildcards: run_files(wildcards.experiment),

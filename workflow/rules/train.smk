@@ -9,6 +9,8 @@ rule train:
         metrics="results/runs/{run}/metrics.csv",
     log:
         "logs/train/{run}.log",
+    benchmark:
+        "logs/benchmarks/train/{run}.tsv"
     conda:
         "../../environment.yml"
     threads: train_threads

@@ -1,0 +1,66 @@
+"""What a training run costs, estimated before it runs: the wall-time limit a scheduler gets.
+
+A step costs the model's forward and backward pass on one minibatch plus, for RBD and
+FPD, regenerating and applying d directions of D entries (d x D work, the part that
+dominates on a CPU). Constants are per device type; `runtime_scale` (config key)
+multiplies the estimate for a cluster faster or slower than these machines.
+"""
+
+from __future__ import annotations
+
+import math
+
+from rbd.runs import RunSpec
+
+# D of each model on each input shape (tests/test_cost.py checks them against the models).
+NUM_PARAMS = {
+    ("fc", "1x28x28"): 101_770,
+    ("fc", "3x32x32"): 394_634,
+    ("cnn", "1x28x28"): 93_322,
+    ("cnn", "3x32x32"): 122_570,
+    ("resnet8", "1x28x28"): 78_042,
+    ("resnet8", "3x32x32"): 78_330,
+}
+INPUT = {"mnist5k": "1x28x28", "mnist": "1x28x28", "fashion_mnist": "1x28x28", "cifar10": "3x32x32"}
+# Training images per epoch (the validation split carved out of the training set).
+TRAIN_IMAGES = {"mnist5k": 4_000, "mnist": 50_000, "fashion_mnist": 50_000, "cifar10": 40_000}
+# Seconds per step of 32 images for the model's forward and backward pass (with
+# augmentation and the optimiser's bookkeeping). CPU: one thread of a 2-core machine,
+# measured for fc (2-3 s per MNIST epoch); cnn and resnet8 scaled by their FLOPs.
+MODEL_STEP_S = {
+    "cpu": {"fc": 2e-3, "cnn": 2e-2, "resnet8": 5e-2},
+    "cuda": {"fc": 1e-3, "cnn": 2e-3, "resnet8": 5e-3},
+}
+# Seconds per direction entry per step (d x D of them) for RBD and FPD: measured on CPU
+# (fc, d = 250: 0.1-0.25 s per step, one thread on a shared 2-core machine); on a GPU
+# generation and both products are bandwidth-bound (an assumption, not a measurement).
+DIRECTION_S = {"cpu": 8e-9, "cuda": 5e-11}
+# Fixed minutes per job: start-up, data loading, evaluation.
+OVERHEAD_MIN = 10
+
+
+def device_type(device: str) -> str:
+    """ "cuda" for a CUDA device setting, else "cpu" (auto is planned as a CPU, the slower)."""
+    return "cuda" if str(device).startswith("cuda") else "cpu"
+
+
+def num_params(model: str, dataset: str) -> int:
+    return NUM_PARAMS[(model, INPUT[dataset])]
+
+
+def step_seconds(spec: RunSpec, device: str = "cpu") -> float:
+    """Estimated seconds per minibatch of `spec` on `device`."""
+    kind = device_type(device)
+    seconds = MODEL_STEP_S[kind][spec.model] * spec.batch_size / 32
+    if spec.method in ("rbd", "fpd"):
+        seconds += spec.dim * num_params(spec.model, spec.dataset) * DIRECTION_S[kind]
+    return seconds
+
+
+def runtime_minutes(spec: RunSpec, device: str = "cpu", scale: float = 1.0, attempt: int = 1):
+    """A wall-time limit for the run: attempt x (overhead + epochs x steps x step time x
+    scale), in whole minutes. A job killed at its limit resumes from its checkpoint on the
+    next attempt, which gets proportionally more."""
+    steps = spec.epochs * math.ceil(TRAIN_IMAGES[spec.dataset] / spec.batch_size)
+    minutes = steps * step_seconds(spec, device) * scale / 60
+    return attempt * (OVERHEAD_MIN + math.ceil(minutes))

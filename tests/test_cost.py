@@ -1,0 +1,73 @@
+"""Wall-time requests follow what a run costs: d x D, epochs, the device, a scale."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from test_workflow import _train_resources, snakemake
+
+from rbd.cost import NUM_PARAMS, runtime_minutes
+from rbd.runs import RunSpec
+
+
+def spec(**changes):
+    base = dict(method="rbd", model="fc", dataset="mnist", dim=250, distribution="gaussian",
+                lr=1.0, epochs=100, seed=0)  # fmt: skip
+    return RunSpec(**(base | changes))
+
+
+def test_parameter_counts_are_the_models():
+    from rbd.models import build_model, count_params
+
+    for (model, shape), d in NUM_PARAMS.items():
+        size = tuple(int(v) for v in shape.split("x"))
+        assert count_params(build_model(model, size)) == d, (model, shape)
+
+
+def test_estimate_grows_with_d_epochs_and_shrinks_on_a_gpu():
+    base = runtime_minutes(spec())
+    assert runtime_minutes(spec(dim=2000)) > 5 * (base - 10)
+    assert runtime_minutes(spec(epochs=10)) < base / 5
+    assert runtime_minutes(spec(), device="cuda") < base / 10
+    assert runtime_minutes(spec(method="sgd", dim=0, distribution="none")) < base / 10
+    assert runtime_minutes(spec(), attempt=2) == 2 * base
+    # the measured cell: RBD on FC-MNIST, 100 epochs, one CPU thread here took 1.5-7 min
+    # per epoch depending on the machine's load; the estimate must cover the quiet case
+    assert 100 * 1.5 < base < 100 * 7
+
+
+def test_runtime_scale_multiplies_the_estimate():
+    assert runtime_minutes(spec(), scale=2.0) - 10 == pytest.approx(
+        2 * (runtime_minutes(spec()) - 10), abs=1
+    )
+
+
+def test_the_workflow_requests_the_estimate(tmp_path):
+    args = ("-n", "--cores", "8", "--directory", tmp_path, "figures/fig_dims.pdf")
+    jobs = _train_resources(snakemake(*args).stdout)
+    by_dim = {}
+    for run, res in jobs.items():
+        if "/rbd/" in run:
+            by_dim[int(re.search(r"/d(\d+)_", run)[1])] = int(res["runtime"])
+    assert by_dim[2000] > by_dim[250] > by_dim[10]
+    scaled = _train_resources(snakemake(*args, "--config", "runtime_scale=3").stdout)
+    for run, res in scaled.items():
+        assert int(res["runtime"]) - 10 == pytest.approx(
+            3 * (int(jobs[run]["runtime"]) - 10), abs=2
+        )
+
+
+def test_small_jobs_are_local_rules_and_training_is_not():
+    """Tables, figures, picking rates and downloads run where Snakemake runs; on SLURM
+    only training jobs queue."""
+    from conftest import ROOT
+
+    rules, local = set(), set()
+    for path in (ROOT / "workflow/rules").glob("*.smk"):
+        text = path.read_text()
+        rules |= set(re.findall(r"^rule (\w+):", text, flags=re.M))
+        for block in re.findall(r"^localrules:\n((?:    \w+,\n)+)", text, flags=re.M):
+            local |= set(re.findall(r"\w+", block))
+    assert "train" in rules and "train" not in local
+    assert local == rules - {"train"}
