@@ -71,3 +71,41 @@ def test_small_jobs_are_local_rules_and_training_is_not():
             local |= set(re.findall(r"\w+", block))
     assert "train" in rules and "train" not in local
     assert local == rules - {"train"}
+
+
+class _Resources(dict):
+    __getattr__ = dict.__getitem__
+
+
+def _sbatch_line(resources: dict, threads: int) -> str:
+    """The sbatch command the installed SLURM plugin builds for a job with these resources."""
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    numbers = {k: int(v) if v.isdigit() else v for k, v in resources.items() if k != "threads"}
+    job = SimpleNamespace(resources=_Resources(numbers), threads=threads)
+    params = dict(run_uuid="u", slurm_logfile="log", comment_str="c", account="",
+                  partition="", workdir=None)  # fmt: skip
+    # as the plugin submits a job: the command, then its GPU request
+    return get_submit_command(job, params) + set_gres_string(job)
+
+
+def test_gpu_train_jobs_get_sbatch_flags_srun_accepts(tmp_path):
+    args = ("-n", "--cores", "64", "--directory", tmp_path, "figures/fig_scaling.pdf")
+    jobs = _train_resources(snakemake(*args, "--config", "device=cuda").stdout)
+    lines = {}
+    for run, res in jobs.items():
+        workers = int(re.search(r"_w-(\d+)", run)[1])
+        line = _sbatch_line(res, int(res["threads"]))
+        lines[workers] = line
+        assert "--ntasks-per-gpu" not in line, line  # plugin issues #342, #373
+        assert f"--cpus-per-task={workers}" in line and "--nodes=1" in line, line
+        assert f"--gpus={workers}" in line, line
+    print("1-GPU job:", lines[1])
+    print("4-GPU job:", lines[4])
+    cpu = _train_resources(snakemake(*args).stdout)
+    for res in cpu.values():
+        line = _sbatch_line(res, int(res["threads"]))
+        assert "--ntasks=1" in line and "--nodes=1" in line and "gpu" not in line, line

@@ -138,8 +138,9 @@ def test_distributed_runs_ask_for_a_core_or_gpu_per_worker(tmp_path):
     for run, res in jobs.items():
         workers = int(re.search(r"_w-(\d+)", run)[1])
         assert res["gpu"] == str(workers)
-        # The SLURM plugin would read tasks as --ntasks-per-gpu: one job, not W.
-        assert res["tasks"] == ("1" if workers == 1 else "0")
+        # The SLURM plugin would read tasks as --ntasks-per-gpu (rejected by srun beside
+        # --cpus-per-task): none for GPU jobs; the W processes share one node.
+        assert res["tasks"] == "0" and res["nodes"] == "1"
 
 
 def test_train_runtime_is_the_cost_estimate(tmp_path):

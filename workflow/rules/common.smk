@@ -153,12 +153,11 @@ def train_gpus(wildcards):
 
 
 def train_tasks(wildcards):
-    """SLURM tasks: one; `rbd train --workers W` spawns its W processes itself.
-
-    0 for a job with several GPUs: the SLURM plugin turns `tasks` into
-    --ntasks-per-gpu there, which would start W copies of the job.
-    """
-    return 0 if train_gpus(wildcards) > 1 else 1
+    """SLURM tasks: one on CPUs; on GPUs none, so that the SLURM plugin sets no
+    --ntasks-per-gpu, which srun rejects beside --cpus-per-task (plugin issues #342,
+    #373; the plugin omits the flag for tasks < 1). `rbd train --workers W` spawns its
+    W processes itself, in the one job on one node (resource `nodes`)."""
+    return 0 if train_gpus(wildcards) else 1
 
 
 def data_ready(run):

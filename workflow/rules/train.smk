@@ -18,7 +18,8 @@ rule train:
         runtime=train_runtime,
         mem_mb=train_mem_mb,
         gpu=train_gpus,
-        # One task on one node with a CPU per thread of each of the W workers.
+        # One job on one node with a CPU per thread of each of the W workers.
+        nodes=1,
         tasks=train_tasks,
         cpus_per_task=train_threads,
     params:
