@@ -43,7 +43,26 @@ def test_bad_keys_are_rejected(key):
         parse_run_key(key)
 
 
-def test_cli_args_are_shell_quoted():
-    spec = RunSpec(**{**BASE.__dict__, "compartments": "compression:10"})
-    assert "--compartments compression:10" in spec.shell_args()
-    assert "--lr 0.03125" in spec.shell_args()
+def test_cli_args_survive_a_shell_and_the_cli_parser(tmp_path):
+    """What the train rule writes into its shell command is the run again: the words a
+    POSIX shell makes of `shell_args()` are `cli_args()`, and `rbd train` parses them
+    back into the same RunSpec."""
+    import subprocess
+
+    from rbd.cli import build_parser
+
+    # a value with shell metacharacters (the CLI would reject it; quoting must not rely on it)
+    spec = RunSpec(**{**BASE.__dict__, "compartments": "chunk:5 'x' \"y\" $(touch pwned); echo",
+                      "augment": True,
+                      "switch": "sgd_first:3", "sgd_lr": 0.0625, "nes_normalize": True,
+                      "compartment_scale": "network", "even_dims": True, "fpd_offset": True,
+                      "workers": 2, "bases": "split"})  # fmt: skip
+    words = subprocess.run(
+        ["sh", "-c", f"printf '%s\\n' {spec.shell_args()}"], capture_output=True, text=True,
+        check=True, cwd=tmp_path,
+    ).stdout.splitlines()  # fmt: skip
+    assert not (tmp_path / "pwned").exists()
+    assert words == spec.cli_args()
+    args = build_parser().parse_args(["train", *words, "--out", "x"])
+    values = {k: v for k, v in vars(args).items() if k in RunSpec.__dataclass_fields__}
+    assert RunSpec(**values) == spec

@@ -177,15 +177,3 @@ def wait_for(found, timeout: float = 180.0, every: float = 0.2):
             return value
         time.sleep(every)
     raise TimeoutError(f"nothing after {timeout:.0f} s")
-
-
-def test_profile_sizes_rules_that_exist(tmp_path):
-    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
-    listed = subprocess.run(
-        [SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path)]
-        + ["--configfile", str(ROOT / "config/quick.yaml"), "--list-rules"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert set(profile["set-resources"]) <= set(listed), listed
