@@ -125,3 +125,17 @@ def test_render_keeps_a_description_on_its_line(tmp_path):
     md = (tmp_path / "t.md").read_text()
     assert "<b>" not in md and "\\<b\\>" in md and "\\[a\\](b)" in md
     assert markdown_escape("- not a list") == "\\- not a list"
+
+
+def test_a_dry_run_never_rewrites_the_launcher_running_jobs_read(tmp_path):
+    launcher = tmp_path / ".snakemake/rbd/train.sh"
+    launcher.parent.mkdir(parents=True)
+    launcher.write_text('#!/bin/sh\nexec the-running-workflow\'s-command "$@"\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", ROOT / "Snakefile", "-n",
+         "--cores", "1", "--directory", tmp_path, f"--configfile={ROOT / 'config/quick.yaml'}",
+         "--config", "threads=2"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "the-running-workflow's-command" in launcher.read_text()

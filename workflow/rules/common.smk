@@ -112,7 +112,10 @@ def write_train_launcher(path=TRAIN_LAUNCHER):
     )
 
 
-write_train_launcher()
+# A dry run (which Snakemake does not lock out while a real run works in this
+# directory) never rewrites the launcher that running jobs read.
+if not workflow.dryrun or not os.path.exists(TRAIN_LAUNCHER):
+    write_train_launcher()
 
 
 def run_workers(run):
