@@ -40,6 +40,7 @@ rule all:
 
 
 onstart:
+    write_train_launcher()
     print(
         f"rbd: preset {config['preset']!r}, {len(ALL_RUNS)} training runs in the plan"
     )

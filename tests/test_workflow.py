@@ -286,8 +286,12 @@ def test_operational_settings_never_rerun_a_finished_run(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     base = ("--cores", "1", "--directory", tmp_path, f"--configfile={path}")
+    stale = tmp_path / ".snakemake/rbd/train.sh"  # left by an earlier workflow
+    stale.parent.mkdir(parents=True)
+    stale.write_text('#!/bin/sh\nexec false "$@"\n')
     proc = snakemake(*base, "results/tables/tiny.csv", timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "-m rbd train" in stale.read_text()  # a real run writes its own
     for override in (
         ["threads=2"],
         ["device=auto"],  # the preset says cpu; auto is cpu here too

@@ -112,9 +112,10 @@ def write_train_launcher(path=TRAIN_LAUNCHER):
     )
 
 
-# A dry run (which Snakemake does not lock out while a real run works in this
-# directory) never rewrites the launcher that running jobs read.
-if not workflow.dryrun or not os.path.exists(TRAIN_LAUNCHER):
+# Written here only when missing, and again by `onstart` (Snakefile), which real runs
+# execute and dry runs do not: a dry run, which Snakemake does not lock out while a
+# real run works in this directory, never rewrites the launcher running jobs read.
+if not os.path.exists(TRAIN_LAUNCHER):
     write_train_launcher()
 
 
