@@ -169,7 +169,9 @@ def library_versions() -> dict[str, str]:
 def _metrics_csv(rows: list[dict]) -> str:
     if not rows:
         return "epoch\n"
-    columns = list(rows[0])
+    # Every column of any row, in first-seen order: rows resumed from an older
+    # checkpoint may lack a column that later rows have (an empty cell, not a lost column).
+    columns = list(dict.fromkeys(c for row in [rows[-1], *rows] for c in row))
     lines = [",".join(columns)]
     for row in rows:
         lines.append(",".join(_cell(row.get(c)) for c in columns))

@@ -62,3 +62,37 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch, case
     pd.testing.assert_frame_equal(
         _metrics(tmp_path / "cut"), _metrics(tmp_path / "whole"), check_exact=True
     )
+
+
+def test_a_checkpoint_from_before_the_updates_counter_resumes_and_keeps_the_column(
+    tmp_path, monkeypatch
+):
+    import torch
+
+    cfg = _config(**CASES["rbd"])
+    real_step, calls = train_module._train_step, {"n": 0}
+
+    def interrupted_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_train_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path)
+    monkeypatch.setattr(train_module, "_train_step", real_step)
+    # Rewrite the checkpoint as an older version wrote it: no updates counter, no spec.
+    path = tmp_path / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["epoch_acc"]["updates"] == 2  # epoch 2 stopped after its 2nd minibatch
+    del ckpt["epoch_acc"]["updates"], ckpt["spec"]
+    for row in ckpt["rows"]:
+        del row["updates"]
+    torch.save(ckpt, path)
+    record = train(cfg, tmp_path)
+    assert record["status"] == "done" and record["resumes"] == 1
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert "updates" in metrics.columns
+    # epoch 1's count was never recorded; epoch 2 counts the 4 updates after the resume
+    assert metrics["updates"].isna().iloc[0] and metrics["updates"].iloc[1] == 4
