@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from rbd.paper import paper_frac_sgd, paper_val_acc
+from rbd.runs import RunDirectoryError
 from rbd.style import (
     DATASET_ORDER,
     DISTRIBUTION_LABELS,
@@ -58,8 +59,14 @@ DIVERGED = "diverged"
 def _read_run(path) -> tuple[dict, pd.DataFrame]:
     path = Path(path)
     run_dir = path if path.is_dir() else path.parent
-    record = json.loads((run_dir / "run.json").read_text())
-    metrics = pd.read_csv(run_dir / "metrics.csv")
+    try:
+        record = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError) as err:
+        raise RunDirectoryError(f"{run_dir / 'run.json'} cannot be read: {err}") from None
+    try:
+        metrics = pd.read_csv(run_dir / "metrics.csv")
+    except (OSError, ValueError) as err:  # pandas' parser errors are ValueErrors
+        raise RunDirectoryError(f"{run_dir / 'metrics.csv'} cannot be read: {err}") from None
     cfg = record["config"]
     settings = {key: cfg[key] for key in RUN_KEYS + DISTRIBUTED_KEYS if key in cfg}
     settings |= {"status": record["status"], "run_dir": str(run_dir)}

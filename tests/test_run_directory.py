@@ -145,3 +145,18 @@ def test_a_stale_lock_is_taken_over_with_a_log_line(tmp_path, caplog):
         record = train(cfg(epochs=1), tmp_path)
     assert record["status"] == "done"
     assert any("pid 4194303 on gone-host" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("broken", ["run.json", "metrics.csv"])
+def test_aggregating_an_unreadable_run_file_names_it_in_one_line(tmp_path, broken):
+    out = tmp_path / "run"
+    assert _train(out).returncode == 0
+    if broken == "run.json":
+        (out / broken).write_text("{ truncated")
+    else:
+        (out / broken).write_bytes(b'epoch,val_acc\n1,"unterminated\n')
+    proc = run_rbd(
+        "aggregate", "--experiment", "t", "--kind", "method_table", "--out", tmp_path / "t.csv",
+        out / "run.json",
+    )  # fmt: skip
+    _one_line_error(proc, str(out / broken))
