@@ -8,13 +8,14 @@ of `RunSpec`s. Errors name the offending key and the allowed values.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import re
 from pathlib import Path
 
 import yaml
 
+from rbd.cost import NUM_PARAMS
+from rbd.cost import num_params as num_params_of
 from rbd.runs import RunSpec
 
 DEFAULT_SCHEMA = Path("config/schemas/config.schema.yaml")
@@ -115,18 +116,9 @@ def validate_config(config: dict, schema: dict | str | Path = DEFAULT_SCHEMA) ->
             _check_run(spec, f"experiments.{name}")
 
 
-# The smallest D of any model and data set (resnet8 on 28x28x1; tests/test_config.py
-# checks it): a dim up to this fits every model, so the workflow's load-time
-# check need not import torch and build models for it.
-MIN_NUM_PARAMS = 78_042
-
-
-@functools.cache
-def _num_params(model: str, dataset: str) -> int:
-    from rbd.data import INPUT_SHAPES
-    from rbd.models import build_model, count_params
-
-    return count_params(build_model(model, INPUT_SHAPES[dataset]))
+# The smallest D of any model and data set (resnet8 on 28x28x1): a dim up to this fits
+# every model. rbd.cost holds every D (tests check them against the models).
+MIN_NUM_PARAMS = min(NUM_PARAMS.values())
 
 
 def _describe(error) -> str:
@@ -148,7 +140,7 @@ def _describe(error) -> str:
 
 def _check_run(spec: RunSpec, where: str) -> None:
     if spec.method != "sgd" and spec.dim > MIN_NUM_PARAMS:
-        num_params = _num_params(spec.model, spec.dataset)
+        num_params = num_params_of(spec.model, spec.dataset)
         if spec.dim > num_params:
             raise ConfigError(
                 f"config key {where}.dims: dim {spec.dim} exceeds D = {num_params} of "

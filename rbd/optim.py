@@ -141,19 +141,13 @@ def step_stats(
 def per_tensor_cosines(update: torch.Tensor, grad: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """Cosine between ``update`` and ``grad`` on each tensor's slice of the flat vectors
     (tensors of ``sizes`` entries, in order); tensors where either is zero are left out."""
-    if not sizes:
-        return torch.zeros(0, device=update.device)
-    ids = torch.repeat_interleave(
-        torch.arange(len(sizes), device=update.device),
-        torch.tensor(sizes, device=update.device),
-    )
-    u, g = update.double(), grad.double()
-    zeros = torch.zeros(len(sizes), dtype=torch.float64, device=update.device)
-    dot = zeros.index_add(0, ids, u * g)
-    nu = zeros.index_add(0, ids, u * u)
-    ng = zeros.index_add(0, ids, g * g)
-    keep = (nu > 0) & (ng > 0)
-    return (dot[keep] / (nu[keep] * ng[keep]).sqrt()).float()
+    out = []
+    for u, g in zip(update.split(sizes), grad.split(sizes), strict=True):
+        u, g = u.double(), g.double()
+        denom = torch.sqrt(torch.dot(u, u) * torch.dot(g, g))
+        out.append(torch.where(denom > 0, torch.dot(u, g) / denom, torch.nan))
+    cosines = torch.stack(out) if out else torch.zeros(0, dtype=torch.float64)
+    return cosines[~cosines.isnan()].float()
 
 
 class _RandomBases(torch.optim.Optimizer):

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rbd import __version__
+from rbd import __version__, cost
 from rbd.data import Augmentation, load_dataset, preprocess
 from rbd.io import load_torch, run_lock, save_torch, write_json, write_text
 from rbd.models import build_model, count_params
@@ -463,13 +463,10 @@ def _train(cfg: TrainConfig, out: Path, group) -> dict:
 
 def check_settings(cfg: TrainConfig) -> None:
     """Settings that cannot work, found before any data is loaded (ValueError naming them)."""
-    from rbd.data import INPUT_SHAPES
-
     if cfg.nes_batches not in NES_BATCHES:
         raise ValueError(f"nes_batches {cfg.nes_batches!r}: choose one of {NES_BATCHES}")
     if cfg.method != "sgd":
-        shape = INPUT_SHAPES[cfg.dataset]
-        num_params = count_params(build_model(cfg.model, shape, init="torch"))
+        num_params = cost.num_params(cfg.model, cfg.dataset)
         if cfg.dim > num_params:
             raise ValueError(
                 f"dim={cfg.dim} exceeds D = {num_params:,}, the parameters of {cfg.model} on "

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from test_optim import batch, small_model
 from torch import nn
 
 from rbd.config import expand_experiment, learning_rate, parse_lr
@@ -19,16 +20,6 @@ from rbd.projection import direction_seed, generate_directions, step_seeds
 from rbd.train import TrainConfig, train
 
 PAPER = yaml.safe_load(open("config/config.yaml"))
-
-
-def two_layer(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 3))
-
-
-def batch(seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(16, 12, generator=gen), torch.randint(0, 3, (16,), generator=gen)
 
 
 def flat(tensors):
@@ -93,7 +84,7 @@ def test_a_config_rate_written_like_the_authors_gives_the_authors_step():
         for r in expand_experiment(PAPER, "table1")
         if (r.method, r.model, r.dataset, r.seed) == ("rbd", "fc", "mnist", 0)
     ]
-    model = two_layer()
+    model = small_model()
     x, y = batch()
     size = sum(p.numel() for p in model.parameters())
     theta = flat(model.parameters())
@@ -109,7 +100,7 @@ def test_a_config_rate_written_like_the_authors_gives_the_authors_step():
 
 
 def test_network_scaled_compartments_equal_a_dense_block_reference():
-    model = two_layer()
+    model = small_model()
     x, y = batch()
     sizes = [p.numel() for p in model.parameters()]  # 96, 8, 24, 3
     total = sum(sizes)
@@ -138,7 +129,7 @@ def test_network_scaled_compartments_equal_a_dense_block_reference():
 
 
 def test_per_compartment_scaling_is_kept_as_the_default():
-    model = two_layer()
+    model = small_model()
     x, y = batch()
     sizes = [p.numel() for p in model.parameters()]
     theta = flat(model.parameters())
@@ -163,7 +154,7 @@ def test_even_rounding_only_changes_odd_compression_dims():
 
 
 def test_per_tensor_correlation_is_the_mean_of_hand_computed_cosines():
-    model = two_layer()
+    model = small_model()
     x, y = batch()
     g = backward(model, x, y).numpy()
     theta = flat(model.parameters()).numpy()
@@ -218,7 +209,7 @@ def test_nes_normalize_update_divides_only_the_update_by_sqrt_d():
 
 
 def test_fpd_offset_takes_the_gradient_where_the_authors_forward_pass_runs():
-    model = two_layer()
+    model = small_model()
     x, y = batch()
     size = sum(p.numel() for p in model.parameters())
     lr, dim = 0.4, 5
@@ -226,7 +217,7 @@ def test_fpd_offset_takes_the_gradient_where_the_authors_forward_pass_runs():
     opt = FPD(model.parameters(), lr=lr, dim=dim, seed=7, offset=True)
 
     def grad_at(point):
-        ref = two_layer()
+        ref = small_model()
         with torch.no_grad():
             at = 0
             for p in ref.parameters():
@@ -248,7 +239,7 @@ def test_fpd_offset_takes_the_gradient_where_the_authors_forward_pass_runs():
 
 
 def test_fpd_without_offset_is_unchanged_inside_the_block():
-    model = two_layer()
+    model = small_model()
     x, y = batch()
     opt = FPD(model.parameters(), lr=0.4, dim=5, seed=7)
     backward(model, x, y)
@@ -260,7 +251,7 @@ def test_fpd_without_offset_is_unchanged_inside_the_block():
 
 def test_fpd_offset_survives_a_state_dict_round_trip():
     x, y = batch()
-    a, b = two_layer(), two_layer()
+    a, b = small_model(), small_model()
     opt_a = FPD(a.parameters(), lr=0.4, dim=5, seed=7, offset=True)
     for _ in range(2):
         opt_a.zero_grad()
