@@ -365,9 +365,10 @@ def _cmd_plot(args, parser) -> int:
     import pandas as pd
 
     from rbd.plots import plot
+    from rbd.style import save_pdf
 
     data = pd.read_csv(args.csv, keep_default_na=False, na_values=[""])
-    plot(args.kind, data, args.pdf, args.description or args.experiment)
+    save_pdf(plot(args.kind, data, args.description or args.experiment), args.pdf)
     print(f"{args.experiment}: {args.pdf}")
     return 0
 

@@ -1,5 +1,9 @@
 """The paper's figures from tidy run tables, in one seaborn style.
 
+Each `plot_*` function returns its `matplotlib.figure.Figure` and saves
+nothing (`rbd.style.save_pdf`, or the `rbd plot` command, writes the PDF), so
+they work in a notebook as they do in the workflow.
+
 Every figure shows the mean over seeds as a line and one standard deviation as
 a band (seaborn's ``errorbar="sd"``). Diverged runs are drawn, not dropped: a
 cross at the bottom of the panel, and a count in the legend. The learning-rate
@@ -13,15 +17,16 @@ import math
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from rbd.style import (
     DISTRIBUTION_LABELS,
     METHOD_COLORS,
     METHOD_LABELS,
     METHOD_ORDER,
+    new_figure,
     pair_label,
-    pyplot,
-    save_pdf,
+    styled,
 )
 from rbd.tables import DIVERGED, paper_order
 
@@ -34,11 +39,7 @@ def _pairs(data: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def _panels(n_rows: int, n_cols: int, *, width=4.2, height=3.2):
-    plt = pyplot()
-    fig, axes = plt.subplots(
-        n_rows, n_cols, figsize=(width * n_cols, height * n_rows), squeeze=False
-    )
-    return fig, axes
+    return new_figure(n_rows, n_cols, figsize=(width * n_cols, height * n_rows))
 
 
 def _title(fig, text: str | None) -> None:
@@ -76,7 +77,8 @@ def _line(ax, data: pd.DataFrame, x: str, y: str, label: str, color, **kwargs) -
         sns.lineplot(data=data, x=x, y=y, ax=ax, label=label, color=color, errorbar="sd", **kwargs)
 
 
-def plot_curves(curves: pd.DataFrame, path, title: str | None = None) -> None:
+@styled
+def plot_curves(curves: pd.DataFrame, title: str | None = None) -> Figure:
     """Validation accuracy per epoch, one panel per model-data pair, one line per method."""
     pairs = _pairs(curves)
     fig, axes = _panels(1, len(pairs))
@@ -90,7 +92,7 @@ def plot_curves(curves: pd.DataFrame, path, title: str | None = None) -> None:
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=8)
     _title(fig, title)
-    save_pdf(fig, path)
+    return fig
 
 
 def _switch_label(switch: str, method: str) -> str:
@@ -103,7 +105,8 @@ def _switch_label(switch: str, method: str) -> str:
     return f"SGD → {other} at epoch {k}" if kind == "sgd_first" else f"{other} → SGD at epoch {k}"
 
 
-def plot_switch(curves: pd.DataFrame, path, title: str | None = None) -> None:
+@styled
+def plot_switch(curves: pd.DataFrame, title: str | None = None) -> Figure:
     """Curves of runs that switch between SGD and a subspace method, beside the pure runs.
 
     One row per model-data pair: left SGD first, right SGD last, each with the
@@ -137,7 +140,7 @@ def plot_switch(curves: pd.DataFrame, path, title: str | None = None) -> None:
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.legend(fontsize=7)
     _title(fig, title)
-    save_pdf(fig, path)
+    return fig
 
 
 def expected_grad_corr(dim: float, num_params: float) -> float:
@@ -145,7 +148,8 @@ def expected_grad_corr(dim: float, num_params: float) -> float:
     return math.sqrt(dim / (num_params + dim + 1))
 
 
-def plot_dims(runs: pd.DataFrame, path, title: str | None = None) -> None:
+@styled
+def plot_dims(runs: pd.DataFrame, title: str | None = None) -> Figure:
     """Final accuracy and gradient correlation against d (log scale), per method, per pair.
 
     SGD is drawn as a horizontal reference on the accuracy panel. The correlation panel
@@ -203,10 +207,11 @@ def plot_dims(runs: pd.DataFrame, path, title: str | None = None) -> None:
         for ax in row:
             ax.legend(fontsize=8)
     _title(fig, title)
-    save_pdf(fig, path)
+    return fig
 
 
-def plot_lr(runs: pd.DataFrame, path, title: str | None = None) -> None:
+@styled
+def plot_lr(runs: pd.DataFrame, title: str | None = None) -> Figure:
     """Final validation accuracy against the learning rate (log2), per method, per pair.
 
     The best rate of each method (`best_learning_rates`) is ringed; diverged runs are crosses.
@@ -235,7 +240,7 @@ def plot_lr(runs: pd.DataFrame, path, title: str | None = None) -> None:
         )
         ax.legend(fontsize=8)
     _title(fig, title)
-    save_pdf(fig, path)
+    return fig
 
 
 def best_learning_rates(runs: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -288,7 +293,8 @@ def scaling_summary(curves: pd.DataFrame) -> pd.DataFrame:
     return summary.sort_values(["bases", "workers"], kind="stable").reset_index(drop=True)
 
 
-def plot_scaling(curves: pd.DataFrame, path, title: str | None = None) -> None:
+@styled
+def plot_scaling(curves: pd.DataFrame, title: str | None = None) -> Figure:
     """Distributed RBD against the number of workers W.
 
     Top: validation accuracy per epoch, one panel per bases mode, one line per W.
@@ -352,10 +358,11 @@ def plot_scaling(curves: pd.DataFrame, path, title: str | None = None) -> None:
         ax.axis("off")
     fig.tight_layout()
     _title(fig, title)
-    save_pdf(fig, path)
+    return fig
 
 
-def plot_bases(table: pd.DataFrame, path, title: str | None = None) -> None:
+@styled
+def plot_bases(table: pd.DataFrame, title: str | None = None) -> Figure:
     """Accuracy and time per step against d, one line per direction distribution.
 
     From the aggregated table (`rbd.tables.aggregate`): one column of panels per
@@ -402,11 +409,11 @@ def plot_bases(table: pd.DataFrame, path, title: str | None = None) -> None:
             ax.legend(fontsize=7)
     fig.tight_layout()
     _title(fig, title)
-    save_pdf(fig, path)
+    return fig
 
 
-def plot(kind: str, data: pd.DataFrame, path, title: str | None = None) -> None:
-    """Draw the figure of an experiment of `kind` from its tidy table."""
+def plot(kind: str, data: pd.DataFrame, title: str | None = None) -> Figure:
+    """The figure of an experiment of `kind`, drawn from its tidy table (not saved)."""
     drawers = {
         "curves": plot_curves,
         "dims": plot_dims,
@@ -417,4 +424,4 @@ def plot(kind: str, data: pd.DataFrame, path, title: str | None = None) -> None:
     }
     if kind not in drawers:
         raise ValueError(f"unknown figure kind {kind!r}; choose one of {', '.join(drawers)}")
-    drawers[kind](data, path, title)
+    return drawers[kind](data, title)

@@ -1,9 +1,17 @@
 """Names and looks shared by tables and figures: labels in the paper's words and
-order, method colours, and matplotlib set up for files (imported by `rbd.tables`
-and `rbd.plots`, which do not import each other's internals)."""
+order, method colours, and the figures' style (imported by `rbd.tables` and
+`rbd.plots`, which do not import each other's internals).
+
+Figures are plain `matplotlib.figure.Figure` objects, not pyplot's: drawing one
+needs no backend, so nothing here switches the backend of a notebook or a GUI
+session, and the project's seaborn style applies only while a figure is drawn
+and saved (`styled`, `save_pdf`), never to the caller's own plots.
+"""
 
 from __future__ import annotations
 
+import functools
+from contextlib import contextmanager
 from pathlib import Path
 
 METHOD_ORDER = ["nes", "fpd", "rbd", "sgd"]
@@ -26,7 +34,6 @@ DATASET_LABELS = {
     "cifar10": "CIFAR10",
 }
 METHOD_COLORS = {"sgd": "#222222", "rbd": "#d1495b", "fpd": "#00798c", "nes": "#edae49"}
-_STYLE_SET = False
 
 
 def pair_label(model: str, dataset: str) -> str:
@@ -34,28 +41,49 @@ def pair_label(model: str, dataset: str) -> str:
     return f"{model.upper()}-{DATASET_LABELS.get(dataset, dataset)}"
 
 
-def pyplot():
-    """matplotlib.pyplot on the non-interactive backend, with the project's style applied."""
-    global _STYLE_SET
+def _style_rc() -> dict:
+    """The rcParams of seaborn's paper context and white grid, as one dict."""
+    import seaborn as sns
+    from cycler import cycler
+
+    rc = dict(sns.axes_style("whitegrid")) | dict(sns.plotting_context("paper", font_scale=1.1))
+    rc |= {"font.family": "sans-serif", "axes.prop_cycle": cycler(color=sns.color_palette("deep"))}
+    return rc | {"pdf.fonttype": 42, "figure.dpi": 100, "legend.frameon": False}
+
+
+@contextmanager
+def figure_style():
+    """The project's look for what is drawn or saved inside; the caller's rcParams after."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    with matplotlib.rc_context(_style_rc()):
+        yield
 
-    if not _STYLE_SET:
-        import seaborn as sns
 
-        sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
-        plt.rcParams.update({"pdf.fonttype": 42, "figure.dpi": 100, "legend.frameon": False})
-        _STYLE_SET = True
-    return plt
+def styled(draw):
+    """Decorate a drawing function so that it draws in `figure_style`."""
+
+    @functools.wraps(draw)
+    def in_style(*args, **kwargs):
+        with figure_style():
+            return draw(*args, **kwargs)
+
+    return in_style
+
+
+def new_figure(n_rows: int = 1, n_cols: int = 1, *, figsize=None, squeeze: bool = False):
+    """`(Figure, axes)` like `pyplot.subplots`, outside pyplot's figure registry."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(n_rows, n_cols, squeeze=squeeze)
 
 
 def save_pdf(fig, path) -> None:
-    """Save `fig` as a PDF atomically (a killed job leaves no half file) and close it."""
+    """Save `fig` as a PDF atomically (a killed job leaves no half file), in the project's style."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.pdf")
-    fig.savefig(tmp, bbox_inches="tight")
-    pyplot().close(fig)
+    with figure_style():
+        fig.savefig(tmp, bbox_inches="tight")
     tmp.replace(path)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from rbd.paper import paper_frac_sgd, paper_val_acc
 from rbd.runs import RunDirectoryError
@@ -23,9 +24,10 @@ from rbd.style import (
     METHOD_LABELS,
     METHOD_ORDER,
     MODEL_ORDER,
+    new_figure,
     pair_label,
-    pyplot,
     save_pdf,
+    styled,
 )
 
 GROUP_KEYS = ["model", "dataset", "method", "dim", "distribution", "compartments", "switch", "lr"]
@@ -361,6 +363,11 @@ CAPTIONS = {
 }
 
 
+def table_caption(experiment: str, kind: str, description: str | None = None) -> str:
+    """The table's caption: what was run (one line: it is user text), then what a cell holds."""
+    return " ".join(f"{description or experiment}. {CAPTIONS[kind]}".split())
+
+
 def render(
     table: pd.DataFrame,
     experiment: str,
@@ -375,15 +382,26 @@ def render(
     from rbd.io import write_text
 
     wide = wide_table(table, kind)
-    # A description is user text: one line, and escaped where it lands in markup.
-    caption = " ".join(f"{description or experiment}. {CAPTIONS[kind]}".split())
+    text = table_caption(experiment, kind, description)
+    # User text is escaped where it lands in markup.
     if md is not None:
-        write_text(md, f"# {experiment}\n\n{markdown_escape(caption)}\n\n{markdown(wide)}\n")
+        write_text(md, f"# {experiment}\n\n{markdown_escape(text)}\n\n{markdown(wide)}\n")
     if tex is not None:
         body = wide.replace("\n", "; ", regex=True).to_latex(index=False, escape=True)
-        write_text(tex, f"% {experiment}: {caption}\n{body}")
+        write_text(tex, f"% {experiment}: {text}\n{body}")
     if pdf is not None:
-        _table_pdf(wide, caption, Path(pdf))
+        save_pdf(_table_figure(wide, text), pdf)
+
+
+def table_figure(
+    table: pd.DataFrame,
+    experiment: str,
+    *,
+    kind: str = "method_table",
+    description: str | None = None,
+) -> Figure:
+    """The table drawn as a page (the PDF that `render` writes), returned, not saved."""
+    return _table_figure(wide_table(table, kind), table_caption(experiment, kind, description))
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|#~])")
@@ -415,17 +433,17 @@ def markdown(wide: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _table_pdf(wide: pd.DataFrame, caption: str, path: Path) -> None:
+@styled
+def _table_figure(wide: pd.DataFrame, caption: str) -> Figure:
     import textwrap
 
-    plt = pyplot()
     n_lines = max((str(v).count("\n") + 1 for v in wide.values.ravel()), default=1)
     widths = [
         max(len(line) for text in [c, *wide[c].astype(str)] for line in str(text).split("\n"))
         for c in wide.columns
     ]
     width = max(6.0, 0.085 * sum(widths) + 0.6)
-    fig, ax = plt.subplots(figsize=(width, 1.4 + 0.24 * n_lines * (len(wide) + 1)))
+    fig, ax = new_figure(figsize=(width, 1.4 + 0.24 * n_lines * (len(wide) + 1)), squeeze=True)
     ax.axis("off")
     cells = ax.table(
         cellText=wide.values.tolist(),
@@ -443,7 +461,7 @@ def _table_pdf(wide: pd.DataFrame, caption: str, path: Path) -> None:
             cell.set_text_props(weight="bold")
             cell.set_facecolor("#e8e8e8")
     ax.set_title("\n".join(textwrap.wrap(caption, int(width * 13))), fontsize=8.5)
-    save_pdf(fig, path)
+    return fig
 
 
 def experiment_table(paths, experiment: str, kind: str) -> pd.DataFrame:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import yaml
 from conftest import ROOT, run_rbd
+from matplotlib.figure import Figure
 from test_tables import _timed, is_pdf, make_run
 
 from rbd.config import FIGURE_KINDS, TABLE_KINDS, expand_experiment, validate_config
-from rbd.plots import best_learning_rates, lr_snippet
-from rbd.tables import experiment_table, render
+from rbd.plots import best_learning_rates, lr_snippet, plot
+from rbd.tables import experiment_table, render, table_figure
 
 SCHEMA = ROOT / "config/schemas/config.schema.yaml"
 
@@ -115,6 +118,56 @@ def test_every_table_kind_is_a_valid_pdf(tmp_path, kind):
     assert is_pdf(outputs["pdf"])
     assert outputs["md"].read_text().count("\n|") >= 2
     assert outputs["tex"].read_text().count("\\\\") >= 2
+
+
+@pytest.mark.parametrize("kind", FIGURE_KINDS)
+def test_every_figure_kind_is_returned_not_saved_and_not_kept_by_pyplot(tmp_path, kind):
+    import matplotlib.pyplot as plt
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    data = experiment_table(_figure_runs(runs, kind), f"fig_{kind}", kind)
+    figures_before = plt.get_fignums()
+    fig = plot(kind, data, "a test figure")
+    assert isinstance(fig, Figure) and any(ax.has_data() for ax in fig.axes)
+    # Not registered with pyplot: a notebook shows it once, and nothing leaks.
+    assert plt.get_fignums() == figures_before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
+def test_table_figure_is_returned_with_the_table_drawn(tmp_path):
+    paths = [make_run(tmp_path, m, 0, 80.0, dim=0 if m == "sgd" else 50) for m in ("sgd", "rbd")]
+    fig = table_figure(experiment_table(paths, "t", "method_table"), "t")
+    assert isinstance(fig, Figure)
+    cells = fig.axes[0].tables[0].get_celld()
+    header = [cells[0, c].get_text().get_text() for c in range(4)]
+    assert header == ["model-data", "D", "RBD", "SGD"]
+
+
+def test_drawing_neither_switches_the_backend_nor_restyles_the_callers_plots(tmp_path):
+    """In a fresh interpreter on the svg backend, as a notebook would have its own."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    csv = tmp_path / "curves.csv"
+    experiment_table(_figure_runs(runs, "curves"), "c", "curves").to_csv(csv, index=False)
+    script = """
+import sys
+import matplotlib
+matplotlib.use("svg")
+rc_before = dict(matplotlib.rcParams)
+import pandas as pd
+import rbd.plots, rbd.tables
+assert matplotlib.get_backend() == "svg", "import: " + matplotlib.get_backend()
+fig = rbd.plots.plot("curves", pd.read_csv(sys.argv[1]), "t")
+assert type(fig).__name__ == "Figure", type(fig)
+assert matplotlib.get_backend() == "svg", "drawing: " + matplotlib.get_backend()
+changed = sorted(k for k, v in matplotlib.rcParams.items() if rc_before.get(k) != v)
+assert not changed, changed
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(csv)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_best_rate_is_the_highest_mean_and_skips_diverged_rates(tmp_path):
