@@ -27,15 +27,23 @@ try:
 except ConfigError as err:
     raise WorkflowError(f"invalid configuration: {err}") from None
 
-# Jobs run the interpreter that runs Snakemake (the project's venv), or the
-# conda environment's `python` under --software-deployment-method conda.
+# Jobs import the rbd package of this checkout (the absolute path of the directory of
+# the Snakefile), whatever else is installed. They run the interpreter that runs
+# Snakemake (the project's venv), which inherits PYTHONPATH; or, under
+# --software-deployment-method conda, the `python` of the rule's environment
+# (workflow/envs/*.yaml: third-party packages only). Snakemake removes PYTHONPATH
+# from a conda job's environment, so the command sets it itself.
+RBD_ROOT = os.path.abspath(workflow.basedir)
 _USE_CONDA = "conda" in {
     str(m).lower().split(".")[-1]
     for m in workflow.deployment_settings.deployment_method
 }
-PYTHON = "python" if _USE_CONDA else shlex.quote(sys.executable)
-# Jobs import the rbd package that sits beside this Snakefile, whatever else is installed.
-import_package_from(workflow.basedir)
+PYTHON = (
+    shlex.join(["env", f"PYTHONPATH={RBD_ROOT}", "python"])
+    if _USE_CONDA
+    else shlex.quote(sys.executable)
+)
+import_package_from(RBD_ROOT)
 # Shared cluster storage: RBD_DATA_DIR overrides the config's data_dir.
 DATA_DIR = os.environ.get("RBD_DATA_DIR") or config.get("data_dir", "resources/data")
 # Data set -> local folder to install it from (`rbd download --from`) instead of downloading.

@@ -13,7 +13,7 @@ rule download_data:
     log:
         "logs/download/{dataset}.log",
     conda:
-        "../../environment.yml"
+        "../envs/train.yaml"
     params:
         python=PYTHON,
         data_dir=lambda wildcards, output: os.path.dirname(

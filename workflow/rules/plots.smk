@@ -28,7 +28,7 @@ rule plot_figure:
     wildcard_constraints:
         experiment=one_of(FIGURE_EXPERIMENTS),
     conda:
-        "../../environment.yml"
+        "../envs/tables.yaml"
     params:
         python=PYTHON,
         kind=lambda wildcards: KINDS[wildcards.experiment],
@@ -56,7 +56,7 @@ rule pick_learning_rates:
     wildcard_constraints:
         experiment=one_of(SWEEP_EXPERIMENTS),
     conda:
-        "../../environment.yml"
+        "../envs/tables.yaml"
     params:
         python=PYTHON,
     shell:

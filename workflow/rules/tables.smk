@@ -17,7 +17,7 @@ rule aggregate_experiment:
     log:
         "logs/tables/{experiment}.aggregate.log",
     conda:
-        "../../environment.yml"
+        "../envs/tables.yaml"
     params:
         python=PYTHON,
         kind=lambda wildcards: KINDS[wildcards.experiment],
@@ -48,7 +48,7 @@ rule render_table:
     wildcard_constraints:
         experiment=one_of(TABLE_EXPERIMENTS),
     conda:
-        "../../environment.yml"
+        "../envs/tables.yaml"
     params:
         python=PYTHON,
         kind=lambda wildcards: KINDS[wildcards.experiment],
@@ -77,7 +77,7 @@ rule render_figure_table:
     wildcard_constraints:
         experiment=one_of(FIGURE_TABLE_EXPERIMENTS),
     conda:
-        "../../environment.yml"
+        "../envs/tables.yaml"
     params:
         python=PYTHON,
         kind=lambda wildcards: KINDS[wildcards.experiment],

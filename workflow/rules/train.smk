@@ -12,7 +12,7 @@ rule train:
     benchmark:
         "logs/benchmarks/train/{run}.tsv"
     conda:
-        "../../environment.yml"
+        "../envs/train.yaml"
     threads: train_threads
     resources:
         runtime=train_runtime,
