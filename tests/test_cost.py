@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 
 import pytest
 from test_workflow import _train_resources, snakemake
@@ -86,8 +87,14 @@ def _sbatch_line(resources: dict, threads: int) -> str:
 
     numbers = {k: int(v) if v.isdigit() else v for k, v in resources.items() if k != "threads"}
     job = SimpleNamespace(resources=_Resources(numbers), threads=threads)
-    params = dict(run_uuid="u", slurm_logfile="log", comment_str="c", account="",
-                  partition="", workdir=None)  # fmt: skip
+    # account and partition as the executor adds them when a resource names them (its
+    # get_account_arg / get_partition_arg; without one it asks SLURM, not here)
+    account, partition = (
+        f" {flag} {shlex.quote(str(numbers[key]))}" if numbers.get(key) else ""
+        for flag, key in (("-A", "slurm_account"), ("-p", "slurm_partition"))
+    )
+    params = dict(run_uuid="u", slurm_logfile="log", comment_str="c", account=account,
+                  partition=partition, workdir=None)  # fmt: skip
     # as the plugin submits a job: the command, then its GPU request
     return get_submit_command(job, params) + set_gres_string(job)
 

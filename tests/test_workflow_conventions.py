@@ -1,0 +1,295 @@
+"""The workflow as Snakemake users expect it: per-rule conda environments of third-party
+packages, profiles that compose with a site profile, and the conventions of the
+Snakemake workflow catalog that fit a top-level Snakefile (issue 14)."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT
+from test_cost import _sbatch_line
+from test_workflow import _train_resources, snakemake
+
+RULES = ROOT / "workflow" / "rules"
+ENVS = ROOT / "workflow" / "envs"
+QUICK = f"--configfile={ROOT / 'config/quick.yaml'}"
+# Python module -> the conda-forge package that provides it.
+CONDA_PACKAGE = {
+    "torch": "pytorch",
+    "torchvision": "torchvision",
+    "numpy": "numpy",
+    "pandas": "pandas",
+    "matplotlib": "matplotlib-base",
+    "cycler": "matplotlib-base",  # rbd/style.py imports it; matplotlib depends on it
+    "seaborn": "seaborn-base",
+    "yaml": "pyyaml",
+    "jsonschema": "jsonschema",
+    "tqdm": "tqdm",
+    "mlxtend": "mlxtend",
+}
+# conda-forge package -> its PyPI name in pyproject.toml
+PYPI_NAME = {"pytorch": "torch", "matplotlib-base": "matplotlib", "seaborn-base": "seaborn"}
+
+
+def rules() -> dict[str, str]:
+    """rule name -> its text, for every rule in workflow/rules/*.smk."""
+    found = {}
+    for path in sorted(RULES.glob("*.smk")):
+        parts = re.split(r"^rule (\w+):\n", path.read_text(), flags=re.M)
+        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            found[name] = re.split(r"^\S", body, maxsplit=1, flags=re.M)[0]
+    assert "train" in found and "download_data" in found, sorted(found)
+    return found
+
+
+def directive(body: str, name: str) -> str | None:
+    match = re.search(rf"^    {name}:\n        (.+)$", body, flags=re.M)
+    return match[1].strip() if match else None
+
+
+def env_packages(path: Path) -> dict[str, str]:
+    """conda package -> version spec of an environment file; fails on anything else."""
+    env = yaml.safe_load(path.read_text())
+    assert set(env) <= {"name", "channels", "dependencies"}, (path, sorted(env))
+    packages = {}
+    for dep in env["dependencies"]:
+        assert isinstance(dep, str), f"{path.name}: only conda packages, not {dep!r}"
+        match = re.fullmatch(r"([a-z0-9][a-z0-9_.\-]*)\s*([<>=!~].*)?", dep.strip())
+        assert match, f"{path.name}: {dep!r} is not a conda package spec"
+        packages[match[1]] = (match[2] or "").replace(" ", "")
+    return packages
+
+
+def test_every_rule_runs_in_an_env_of_workflow_envs():
+    """`conda:` of every rule names a file in workflow/envs (Snakemake copies env files
+    under .snakemake/conda/, so one that installs the project by a relative path, as the
+    root environment.yml's `-e .` does, cannot work there)."""
+    for name, body in rules().items():
+        conda = directive(body, "conda")
+        assert conda, f"rule {name} has no conda directive"
+        path = (RULES / yaml.safe_load(conda)).resolve()
+        assert path.parent == ENVS.resolve() and path.is_file(), (name, conda)
+
+
+def test_env_files_hold_third_party_packages_only():
+    files = sorted(ENVS.glob("*.yaml"))
+    assert len(files) >= 2, files
+    for path in files:
+        text = path.read_text()
+        assert "pip:" not in text and "-e " not in text, path.name
+        packages = env_packages(path)
+        assert "rbd" not in packages and "python" in packages, (path.name, packages)
+        assert not any(p.startswith((".", "/", "file:", "git+")) for p in packages)
+
+
+def _imports(tree: ast.AST) -> tuple[set[str], set[str]]:
+    """(rbd modules, third-party top-level modules) a module imports, at any depth."""
+    own, other = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            parts = node.module.split(".")
+            if parts[0] == "rbd":
+                own |= {parts[1]} if len(parts) > 1 else {a.name for a in node.names}
+            else:
+                other.add(parts[0])
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                (own.add(parts[1]) if parts[0] == "rbd" else other.add(parts[0]))
+    return own, other - set(sys.stdlib_module_names) - {"__future__"}
+
+
+def verb_imports(verb: str) -> set[str]:
+    """Third-party modules `rbd VERB` can import: its command's code, the parser every
+    verb builds, and every rbd module they reach (function-level imports included)."""
+    modules = {p.stem: ast.parse(p.read_text()) for p in (ROOT / "rbd").glob("*.py")}
+    functions = {n.name: n for n in modules["cli"].body if isinstance(n, ast.FunctionDef)}
+    handler = f"_cmd_{verb.replace('-', '_')}"
+    assert handler in functions, f"rbd {verb}: no {handler} in rbd/cli.py"
+    start = [functions[name] for name in functions
+             if name.startswith("_add_") or name in {"main", "build_parser", handler}
+             or not name.startswith(("_cmd_", "_add_"))]  # fmt: skip
+    seen, todo, found = set(), [], set()
+    for node in start:
+        own, other = _imports(node)
+        todo += own
+        found |= other
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in modules:
+            continue
+        seen.add(name)
+        own, other = _imports(modules[name])
+        todo += own
+        found |= other
+    return found
+
+
+def rule_verb(body: str) -> str:
+    if "params.launcher" in body:
+        return "train"  # the launcher runs `python -m rbd train` (common.smk)
+    match = re.search(r"-m rbd ([a-z][a-z-]*)", body)
+    assert match, body
+    return match[1]
+
+
+def test_each_env_provides_what_its_rules_import():
+    for name, body in rules().items():
+        env = (RULES / yaml.safe_load(directive(body, "conda"))).resolve()
+        packages = env_packages(env)
+        for module in sorted(verb_imports(rule_verb(body))):
+            assert module in CONDA_PACKAGE, (
+                f"rbd imports {module}: add its conda package to CONDA_PACKAGE and to the envs"
+            )
+            assert CONDA_PACKAGE[module] in packages, (name, env.name, module)
+
+
+def test_env_versions_are_pyprojects():
+    """One source of the lower bounds: pyproject.toml (core and extras)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    specs = [*project["dependencies"], *sum(project.get("optional-dependencies", {}).values(),
+                                             [])]  # fmt: skip
+    bounds = {}
+    for spec in specs:
+        match = re.match(r"([A-Za-z0-9_.\-]+)\s*(.*)", spec)
+        bounds[match[1].lower()] = match[2].replace(" ", "")
+    for path in sorted(ENVS.glob("*.yaml")):
+        for package, spec in env_packages(path).items():
+            if package == "python":
+                assert spec == project["requires-python"], path.name
+            else:
+                assert spec == bounds[PYPI_NAME.get(package, package)], (path.name, package)
+
+
+def _fake_conda(bin_dir: Path) -> None:
+    """A `conda` that answers the questions Snakemake asks before planning a dry run."""
+    bin_dir.mkdir(parents=True)
+    script = bin_dir / "conda"
+    script.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in\n'
+        '  "info --json") echo \'{"conda_prefix": "/nonexistent", "platform": "linux-64"}\';;\n'
+        '  "--version") echo "conda 24.7.1";;\n'
+        '  "config --get channel_priority --json") echo \'{"get": {"channel_priority": '
+        '"strict"}}\';;\n'
+        "  *) exit 1;;\n"
+        "esac\n"
+    )
+    script.chmod(0o755)
+
+
+def test_conda_jobs_import_the_rbd_of_the_checkout(tmp_path):
+    """Under --sdm conda every rbd command puts the checkout on PYTHONPATH itself, because
+    Snakemake removes PYTHONPATH from a conda job's environment (snakemake/shell.py)."""
+    _fake_conda(tmp_path / "bin")
+    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    work = tmp_path / "work"
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", ROOT / "Snakefile", "-n", "-p",
+         "--cores", "2", "--sdm", "conda", "--directory", work, QUICK, "figures/table1.md"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    prefix = f"env PYTHONPATH={ROOT} python -m rbd "
+    commands = [line for line in proc.stdout.splitlines() if " -m rbd " in line]
+    assert commands and all(c.startswith(f"Shell command: {prefix}") for c in commands), commands
+    launcher = (work / ".snakemake/rbd/train.sh").read_text()
+    assert f"exec {prefix}train " in launcher, launcher
+
+    # That prefix reaches the checkout's rbd from an interpreter that has none installed.
+    base = Path(sys.base_prefix) / "bin" / "python3"
+    bare = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    probe = [base, "-c", "import rbd, sys; sys.stdout.write(rbd.__file__)"]
+    if subprocess.run(probe, cwd=tmp_path, env=bare, capture_output=True).returncode == 0:
+        pytest.skip(f"{base} has an rbd installed; cannot show where the jobs' rbd comes from")
+    (tmp_path / "interp").mkdir()
+    (tmp_path / "interp" / "python").symlink_to(base)
+    bare["PATH"] = f"{tmp_path / 'interp'}{os.pathsep}{bare['PATH']}"
+    words = prefix.split()[:3] + probe[1:]
+    found = subprocess.run(words, cwd=tmp_path, env=bare, capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr
+    assert Path(found.stdout).resolve() == (ROOT / "rbd" / "__init__.py").resolve()
+
+
+def test_the_slurm_profile_leaves_resources_to_the_rules_and_the_site():
+    """Snakemake 9 composes profiles key by key: a `default-resources` or `set-resources`
+    here would replace a site profile's whole list (account, partition)."""
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    assert "default-resources" not in profile and "set-resources" not in profile, profile
+
+
+@pytest.mark.parametrize("how", ["--workflow-profile", "--profile"])
+def test_a_site_profiles_account_and_partition_reach_every_slurm_job(tmp_path, how):
+    site = tmp_path / "mysite"
+    site.mkdir()
+    (site / "config.yaml").write_text(
+        "default-resources:\n  slurm_account: site_acct\n  slurm_partition: site_part\n"
+        "set-resources:\n  train:\n    gpu_model: h100\n"
+    )
+    proc = snakemake(
+        "-n", "--profile", site, how, ROOT / "profiles/slurm", "--directory", tmp_path / "w",
+        QUICK, "figures/table1.md", "--config", "device=cuda",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = _train_resources(proc.stdout)
+    assert jobs
+    for run, res in jobs.items():
+        assert res.get("slurm_account") == "site_acct", (run, res)
+        assert res.get("slurm_partition") == "site_part", (run, res)
+        line = _sbatch_line(res, int(res["threads"]))
+        assert " -A site_acct " in line and " -p site_part " in line, line
+        assert "--gpus=h100:1" in line and "--ntasks-per-gpu" not in line, line
+        # the workflow's own sizes stay: runtime from rbd/cost.py, 4 GB
+        assert int(res["runtime"]) >= 10 and res["mem_mb"] == "4000", res
+
+
+def test_every_rule_logs_and_the_default_target_is_rule_all():
+    """Catalog conventions: a log for every rule; `rule all` is the default target."""
+    for name, body in rules().items():
+        assert directive(body, "log"), f"rule {name} has no log"
+    snakefile = (ROOT / "Snakefile").read_text()
+    assert re.search(r"^rule all:\n    default_target: True\n", snakefile, flags=re.M)
+
+
+def test_catalog_usage_file_describes_how_the_workflow_runs(tmp_path):
+    """.snakemake-workflow-catalog.yml: the catalog's usage keys, each backed by a test."""
+    usage = yaml.safe_load((ROOT / ".snakemake-workflow-catalog.yml").read_text())["usage"]
+    stack = usage["software-stack-deployment"]
+    assert stack["conda"] is True  # test_every_rule_runs_in_an_env_of_workflow_envs
+    assert stack["report"] is True  # test_workflow.py's tiny end-to-end run makes one
+    assert stack["apptainer"] is False and stack["apptainer+conda"] is False
+    flags = usage["mandatory-flags"]["flags"]
+    assert isinstance(flags, (str, list)) and usage["mandatory-flags"]["desc"]
+    words = flags.split() if isinstance(flags, str) else flags
+    proc = snakemake("-n", *words, "--directory", tmp_path, QUICK, "figures/table1.md")
+    assert proc.returncode == 0, proc.stderr
+
+
+def _documented(readme: str, heading: str) -> set[str]:
+    start = readme.index(heading)
+    end = readme.find("\n## ", start + 1)
+    rows = re.findall(r"^\| (.+?) \|", readme[start:end], flags=re.M)
+    return {key for row in rows for key in re.findall(r"`([a-z_]+)`", row)}
+
+
+def test_config_readme_documents_every_schema_key():
+    schema = yaml.safe_load((ROOT / "config/schemas/config.schema.yaml").read_text())
+    readme = (ROOT / "config/README.md").read_text()
+    top = schema["properties"]
+    experiment = top["experiments"]["additionalProperties"]["properties"]
+    for heading, keys in [
+        ("## Top-level keys", top),
+        ("## `defaults`", top["defaults"]["properties"]),
+        ("## `experiments.<name>`", experiment),
+    ]:
+        missing = set(keys) - _documented(readme, heading)
+        assert not missing, f"config/README.md, {heading}: {sorted(missing)} undocumented"
