@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 		{ rm -rf $(VENV); $(PYTHON) -m pip install --user --quiet virtualenv && \
 		  $(PYTHON) -m virtualenv --quiet $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,workflow]'
 	@touch $@
 
 demo: $(STAMP)
