@@ -12,6 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
+from rbd import BASES_VERSION
+
 
 def _int_at_least(minimum: int):
     """An argparse type: an integer >= minimum, else an error naming the value."""
@@ -137,6 +139,12 @@ def _add_train_parser(sub) -> None:
         choices=INITS,
         help="initial weights: glorot (Keras, as the authors) or torch (PyTorch defaults)",
     )
+    p.add_argument(
+        "--bases-version",
+        type=_positive_int,
+        default=BASES_VERSION,
+        help=f"how directions are drawn from seeds; this rbd draws version {BASES_VERSION}",
+    )
     p.add_argument("--out", required=True, type=Path, help="run directory")
     p.add_argument(
         "--overwrite",
@@ -209,6 +217,12 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
         )
     if args.workers is not None and args.switch != "none":
         parser.error("argument --workers: distributed training needs --switch none")
+    if args.bases_version != BASES_VERSION:
+        parser.error(
+            f"argument --bases-version: this rbd draws version {BASES_VERSION} bases, not "
+            f"{args.bases_version}; a run of version {args.bases_version} needs the rbd that "
+            "made it (train into a new run directory instead)"
+        )
     if args.coordinates != "backward" and (args.method != "rbd" or args.workers is not None):
         parser.error("argument --coordinates: forward needs --method rbd without --workers")
     values = {k: v for k, v in vars(args).items() if k not in ("func", "command", "out", "verbose")}

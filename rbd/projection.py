@@ -1,27 +1,28 @@
 """The random-bases engine: seeded directions and the one-pass projection.
 
 A direction is a pure function of a 63-bit seed, itself a pure function of
-(run seed, step, compartment, worker, direction index). Each direction gets
-its own freshly seeded generator, so a direction does not depend on how many
-directions are drawn together (the chunk size), on thread count, or on which
-worker draws it. The only random primitive is ``Tensor.random_`` on int64
-tensors (full 64-bit range), whose bits do not depend on the CPU's vector
-instruction set (``torch.randn``'s do); every distribution is built from
-those bits with exact integer and float operations.
+(run seed, step, compartment, worker, direction index), and each of its
+values is a pure function of (seed, column): value j comes from word
+k = j // (values per word) of the **splitmix64 stream** of the seed,
+``fmix64(seed + (k + 1) * 0x9E3779B97F4A7C15)`` (Steele, Lea and Flood
+2014). Integer arithmetic is exact on every device, so the same run draws
+the same bases on any CPU or GPU, for any chunk size, thread count or
+worker, in the compiled kernels (:mod:`rbd.native`, CPU) and in the eager
+torch ops below (any device, and the CPU's fallback where no C compiler
+is found) alike. ``BASES_VERSION`` names this construction; runs record it.
 
 Layout of one direction of length D: a row of W = 64 * ceil(D / 64) values
 of which the first D are used.
 
-- gaussian: W / 4 int64 draws, seen as W little-endian 16-bit words; word t
+- gaussian: W / 4 words, seen as W little-endian 16-bit words; word t
   indexes value t in a table of the 2^16 equiprobable normal quantiles
   Phi^-1((u + 1/2) / 2^16), rescaled to unit variance. A table look-up costs
-  a third of Box-Muller's log, cos and sin (which made the Gaussian step
-  barely faster than a plain ``torch.randn``); the price is a distribution
+  a third of Box-Muller's log, cos and sin; the price is a distribution
   quantised to 65,536 levels and truncated at 4.42 sigma (mass beyond it:
   1e-5), which changes no moment that random bases depend on.
-- uniform: W / 2 int64 draws, one 32-bit word (23 bits used) per value.
-- rademacher, bernoulli-official: W / 64 int64 draws, one bit per value
-  (bit t of int32 word k gives value 32 k + t).
+- uniform: W / 2 words, one 32-bit half (23 bits used) per value.
+- rademacher, bernoulli-official: W / 64 words, one bit per value
+  (bit t of 32-bit half k gives value 32 k + t; a set bit is -1).
 
 Structured distributions (``STRUCTURED``: srht, fastfood) are not drawn row
 by row: Phi is a stack of blocks, each built from N x N Walsh-Hadamard
@@ -73,6 +74,8 @@ from queue import SimpleQueue
 
 import torch
 
+from rbd import BASES_VERSION, native  # noqa: F401  (re-exported)
+
 DENSE = ("gaussian", "uniform", "rademacher", "bernoulli-official")
 STRUCTURED = ("srht", "fastfood")
 DISTRIBUTIONS = DENSE + STRUCTURED
@@ -82,6 +85,10 @@ DISTRIBUTIONS = DENSE + STRUCTURED
 # Phi^T c. Smaller chunks lose more to per-op overhead (1 MiB was ~10%
 # slower at D = 101,770).
 L2_BYTES = 2 << 20
+# Bytes of rows per chunk on a GPU (the words and indices take about as much again
+# each): d = 2,500 directions at D = 10^5 in one chunk, so the kernels a step
+# launches do not grow with d.
+DEVICE_CHUNK_BYTES = 1 << 30
 
 _MASK64 = (1 << 64) - 1
 _INT64_MIN = -(1 << 63)
@@ -89,13 +96,28 @@ _INT32_MIN = -(1 << 31)
 _MANTISSA = 0x007FFFFF
 _ONE = 0x3F800000  # float32 bit pattern of 1.0
 
+# splitmix64's increment and finaliser multipliers.
+_GAMMA = 0x9E3779B97F4A7C15
+_FMIX = ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB), (31, None))
+# Random values per 64-bit word, and the kernels' code of each dense distribution.
+_PER_WORD = {"gaussian": 4, "uniform": 2, "rademacher": 64, "bernoulli-official": 64}
+_KERNEL_CODE = {"gaussian": 0, "uniform": 1, "rademacher": 2, "bernoulli-official": 3}
+
+
+def _signed(x: int) -> int:
+    """A 64-bit pattern as the int64 that torch stores for it."""
+    x &= _MASK64
+    return x - (1 << 64) if x >> 63 else x
+
 
 def _splitmix64(x: int) -> int:
     """The splitmix64 step and finaliser: a bijection on 64-bit ints."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
+    x = (x + _GAMMA) & _MASK64
+    for shift, mult in _FMIX:
+        x ^= x >> shift
+        if mult is not None:
+            x = (x * mult) & _MASK64
+    return x
 
 
 def _mix(parts) -> int:
@@ -125,15 +147,38 @@ def row_width(size: int) -> int:
     return 64 * ((size + 63) // 64)
 
 
+_COUNTERS: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _counters(count: int, device: torch.device) -> torch.Tensor:
+    """``(k + 1) * GAMMA`` mod 2^64 for k < count, as int64 (torch's products wrap)."""
+    key = (count, device)
+    if key not in _COUNTERS:
+        k = torch.arange(1, count + 1, dtype=torch.int64, device=device)
+        _COUNTERS[key] = k.mul_(_signed(_GAMMA))
+    return _COUNTERS[key]
+
+
+def _fmix64_(z: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finaliser in place on int64 ``z`` (``tmp``: scratch of its shape).
+    torch's ``>>`` on int64 is arithmetic, so each shift is masked to a logical one."""
+    for shift, mult in _FMIX:
+        torch.bitwise_right_shift(z, shift, out=tmp)
+        z.bitwise_xor_(tmp.bitwise_and_((1 << (64 - shift)) - 1))
+        if mult is not None:
+            z.mul_(_signed(mult))
+    return z
+
+
 class _Scratch:
-    """A worker's chunk buffer: ``rows`` float32 [k, W], half-width temp, bits."""
+    """A worker's chunk buffers: ``rows`` float32 [k, W] values, their words, temps."""
 
     def __init__(self, rows: int, width: int, device: torch.device):
         self.block = torch.empty(rows, width, dtype=torch.float32, device=device)
-        self.bits = torch.empty(rows, width // 64, dtype=torch.int64, device=device)
-        self.generator = torch.Generator(device=device)
+        # Words for the widest use (uniform: two values per word).
+        self.words = torch.empty(rows * width // 2, dtype=torch.int64, device=device)
+        self.temp = torch.empty(rows * width // 2, dtype=torch.int64, device=device)
         self.shifts = torch.arange(31, -1, -1, dtype=torch.int32, device=device)
-        self.halfwords = torch.empty(rows, width // 4, dtype=torch.int64, device=device)
         self.index = torch.empty(rows, width, dtype=torch.int32, device=device)
         self.quantiles = normal_quantile_table(device)
 
@@ -158,45 +203,65 @@ def normal_quantile_table(device: torch.device | str | None = None) -> torch.Ten
     return _QUANTILE_TABLES[device]
 
 
+def _seed_tensor(seeds, device: torch.device) -> torch.Tensor:
+    if isinstance(seeds, torch.Tensor):
+        return seeds.to(device=device, dtype=torch.int64)
+    return torch.tensor([int(s) for s in seeds], dtype=torch.int64, device=device)
+
+
+def _stream_words(scratch: _Scratch, seeds: torch.Tensor, count: int) -> torch.Tensor:
+    """Words 0..count-1 of each seed's splitmix64 stream: int64 [len(seeds), count]."""
+    k = len(seeds)
+    words = scratch.words[: k * count].view(k, count)
+    torch.add(seeds.view(k, 1), _counters(count, seeds.device), out=words)
+    return _fmix64_(words, scratch.temp[: k * count].view(k, count))
+
+
 def _fill(scratch: _Scratch, seeds, distribution: str) -> torch.Tensor:
     """Draw ``len(seeds)`` raw directions into the scratch block; returns [k, W]."""
+    _check(distribution)
     k = len(seeds)
     block = scratch.block[:k]
     width = block.shape[1]
-    gen = scratch.generator
+    if distribution in STRUCTURED:
+        raise ValueError(f"{distribution!r} rows are not drawn value by value")
+    if k == 0:
+        return block
+    lib = native.library() if block.device.type == "cpu" else None
+    if lib is not None:
+        seeds = _seed_tensor(seeds, block.device)
+        lib.rbd_fill(
+            native.pointer(seeds),
+            k,
+            width,
+            _KERNEL_CODE[distribution],
+            native.pointer(scratch.quantiles),
+            native.pointer(block),
+        )
+        return block
+    words = _stream_words(
+        scratch, _seed_tensor(seeds, block.device), width // _PER_WORD[distribution]
+    )
     if distribution == "gaussian":
-        words = scratch.halfwords[:k]
-        for i, s in enumerate(seeds):
-            gen.manual_seed(int(s))
-            words[i].random_(_INT64_MIN, None, generator=gen)
         index = scratch.index[:k]
         index.copy_(words.view(torch.int16)).bitwise_and_(0xFFFF)
         torch.index_select(scratch.quantiles, 0, index.view(-1), out=block.view(-1))
         return block
     if distribution == "uniform":
-        words = block.view(torch.int64)
-        for i, s in enumerate(seeds):
-            gen.manual_seed(int(s))
-            words[i].random_(_INT64_MIN, None, generator=gen)
         # 23 random mantissa bits under the exponent of 1.0: a float in
         # [1, 2) without an integer-to-float conversion.
-        block.view(torch.int32).bitwise_and_(_MANTISSA).bitwise_or_(_ONE)
+        halves = block.view(torch.int32)
+        halves.copy_(words.view(torch.int32)).bitwise_and_(_MANTISSA).bitwise_or_(_ONE)
         return block.mul_(2.0).sub_(3.0)
-    if distribution in ("rademacher", "bernoulli-official"):
-        bits = scratch.bits[:k]
-        for i, s in enumerate(seeds):
-            gen.manual_seed(int(s))
-            bits[i].random_(_INT64_MIN, None, generator=gen)
-        # Move bit t of each int32 word to the sign bit of value t, then put
-        # the exponent of 1.0 under it: +-1.0 with no float arithmetic.
-        words = bits.view(torch.int32).unsqueeze(-1)
-        out = block.view(torch.int32).view(k, width // 32, 32)
-        torch.bitwise_left_shift(words, scratch.shifts, out=out)
-        out.bitwise_and_(_INT32_MIN).bitwise_or_(_ONE)
-        if distribution == "bernoulli-official":
-            block.sub_(0.5)  # +1 -> +0.5, -1 -> -1.5
-        return block
-    raise ValueError(f"unknown distribution {distribution!r}; choose one of {DISTRIBUTIONS}")
+    # Move bit t of each 32-bit half to the sign bit of value t, then put the
+    # exponent of 1.0 under it: +-1.0 with no float arithmetic.
+    halves = words.view(torch.int32).unsqueeze(-1)
+    out = block.view(torch.int32).view(k, width // 32, 32)
+    torch.bitwise_left_shift(halves, scratch.shifts, out=out)
+    out.bitwise_and_(_INT32_MIN).bitwise_or_(_ONE)
+    if distribution == "bernoulli-official":
+        block.sub_(0.5)  # +1 -> +0.5, -1 -> -1.5
+    return block
 
 
 def _check(distribution: str) -> None:
@@ -475,17 +540,18 @@ def generate_directions(
 ) -> torch.Tensor:
     """Raw, unscaled directions, one row per seed: ``Tensor[len(seeds), size]``.
 
-    Row i is a pure function of ``seeds[i]``, ``size``, the distribution and
-    the device type: bit for bit the same whatever else is drawn with it and
-    whatever the thread count. Gaussian: N(0, 1); uniform: U[-1, 1);
-    rademacher: +-1 with p = 1/2; bernoulli-official: +0.5 / -1.5 with
-    p = 1/2 (mean -0.5, variance 1, the authors' "bernoulli").
+    Row i is a pure function of ``seeds[i]``, ``size`` and the distribution:
+    bit for bit the same on every device and path (compiled or eager),
+    whatever else is drawn with it and whatever the thread count.
+    Gaussian: N(0, 1); uniform: U[-1, 1); rademacher: +-1 with p = 1/2;
+    bernoulli-official: +0.5 / -1.5 with p = 1/2 (mean -0.5, variance 1, the
+    authors' "bernoulli").
 
     Structured distributions (srht, fastfood) materialise the rows of the
     Phi that :func:`project` applies as a transform (to float rounding):
-    row i is a pure function of ``seeds[N * (i // N)]``, ``i % N``, ``size``
-    and the device type (N = ``padded_size(size)``), so rows of one block do
-    depend on their neighbours' positions, unlike dense rows. Costs
+    row i is a pure function of ``seeds[N * (i // N)]``, ``i % N`` and ``size``
+    (N = ``padded_size(size)``; the transforms' rounding may differ by device),
+    so rows of one block do depend on their neighbours' positions, unlike dense rows. Costs
     O(N log N) per row.
     """
     _check(distribution)
@@ -523,12 +589,15 @@ def direction_chunks(
             yield start, generate_directions(seeds[start:stop], size, distribution, device=device)
 
 
-def default_chunk_size(size: int, distribution: str = "gaussian") -> int:
-    """Directions per chunk: a chunk of float32 rows fills ``L2_BYTES``, or 4x
-    that for sign distributions, whose rows are so cheap to draw that per-op
-    overhead outweighs cache misses (rademacher at D = 101,770, d = 250:
-    9 ms with 20-row chunks against 11 ms with 5-row ones)."""
-    budget = L2_BYTES if distribution in ("gaussian", "uniform") else 4 * L2_BYTES
+def default_chunk_size(size: int, distribution: str = "gaussian", device=None) -> int:
+    """Directions per chunk of the eager path. CPU: a chunk of float32 rows fills
+    ``L2_BYTES``, or 4x that for sign distributions, whose rows are so cheap to draw
+    that per-op overhead outweighs cache misses. Other devices: ``DEVICE_CHUNK_BYTES``,
+    so that a step is a fixed handful of kernels for any d that fits."""
+    if device is not None and torch.device(device).type != "cpu":
+        budget = DEVICE_CHUNK_BYTES
+    else:
+        budget = L2_BYTES if distribution in ("gaussian", "uniform") else 4 * L2_BYTES
     return max(1, budget // (4 * row_width(max(size, 1))))
 
 
@@ -625,12 +694,6 @@ def project(
             update = _structured_update(blocks, coords, size, normalize, device)
         return coords.to(grad.dtype), update.to(grad.dtype)
     coords = torch.empty(dim, dtype=torch.float32, device=device)
-
-    def chunk_coords(rows: torch.Tensor, start: int, stop: int, scale: float) -> torch.Tensor:
-        c = torch.mv(rows, g).mul_(scale)
-        coords[start:stop] = c
-        return c
-
     update = _dense_update(
         seeds,
         size,
@@ -639,7 +702,8 @@ def project(
         normalize=normalize,
         chunk_size=chunk_size,
         workers=workers,
-        chunk_coords=chunk_coords,
+        coords=coords,
+        grad=g.contiguous(),
     )
     return coords.to(grad.dtype), update.to(grad.dtype)
 
@@ -682,7 +746,8 @@ def expand(
         normalize=normalize,
         chunk_size=chunk_size,
         workers=workers,
-        chunk_coords=lambda rows, start, stop, scale: c_all[start:stop],
+        coords=c_all.contiguous(),
+        grad=None,
     )
     return update.to(coords.dtype)
 
@@ -696,40 +761,76 @@ def _dense_update(
     normalize: bool,
     chunk_size: int | None,
     workers: int | None,
-    chunk_coords,
+    coords: torch.Tensor,
+    grad: torch.Tensor | None,
 ) -> torch.Tensor:
     """Phi^T c for dense distributions, drawing Phi chunk by chunk, never d x D.
 
-    ``chunk_coords(rows, start, stop, scale)`` returns the scaled coordinates of
-    rows ``start:stop`` (computed from g by :func:`project`, given to
-    :func:`expand`). Both share these chunks, workers and summation order, so
-    they agree bit for bit.
+    With ``grad``, the scaled coordinates of each chunk's rows are computed from it
+    into ``coords`` (:func:`project`); without, ``coords`` holds them (:func:`expand`).
+    Both share these chunks, workers and summation order, so they agree bit for bit.
+    On the CPU the compiled kernels draw each row and use it in one pass, chunk by
+    chunk (default: one contiguous chunk per worker); elsewhere, and where they
+    cannot be built, eager torch ops draw the same rows.
     """
-    seeds, dim = list(seeds), len(seeds)
+    dim = len(seeds)
     if dim == 0:
         return torch.zeros(size, dtype=torch.float32, device=device)
-    chunk = chunk_size or default_chunk_size(size, distribution)
-    starts = list(range(0, dim, chunk))
+    lib = native.library() if device.type == "cpu" else None
     if workers is None:
         workers = torch.get_num_threads() if device.type == "cpu" else 1
-    workers = max(1, min(workers, len(starts)))
+    workers = max(1, workers)
+    if chunk_size is not None:
+        chunk = chunk_size
+    elif lib is not None:
+        chunk = -(-dim // workers)
+    else:
+        chunk = default_chunk_size(size, distribution, device)
+    starts = list(range(0, dim, chunk))
+    workers = min(workers, len(starts))
     scale = 1.0 / math.sqrt(size) if normalize else 1.0
+    seed_tensor = _seed_tensor(seeds, device)
 
-    def run(worker: int) -> torch.Tensor:
+    def compiled(worker: int) -> torch.Tensor:
+        update = torch.zeros(size, dtype=torch.float32, device=device)
+        table = normal_quantile_table(device)
+        for start in starts[worker::workers]:
+            rows = min(chunk, dim - start)
+            lib.rbd_project(
+                native.pointer(seed_tensor[start:]),
+                rows,
+                size,
+                _KERNEL_CODE[distribution],
+                native.pointer(table),
+                None if grad is None else native.pointer(grad),
+                scale,
+                int(grad is None),
+                native.pointer(coords[start:]),
+                native.pointer(update),
+            )
+        return update
+
+    def eager(worker: int) -> torch.Tensor:
         scratch = _Scratch(min(chunk, dim), row_width(size), device)
         update = torch.zeros(size, dtype=torch.float32, device=device)
         for start in starts[worker::workers]:
             stop = min(start + chunk, dim)
-            rows = _fill(scratch, seeds[start:stop], distribution)[:, :size]
+            rows = _fill(scratch, seed_tensor[start:stop], distribution)[:, :size]
+            if grad is None:
+                c = coords[start:stop]
+            else:
+                c = torch.mv(rows, grad).mul_(scale)
+                coords[start:stop] = c
             # This chunk's share of Phi^T c, while its rows are in cache.
-            update.addmv_(rows.t(), chunk_coords(rows, start, stop, scale), alpha=scale)
+            update.addmv_(rows.t(), c, alpha=scale)
         return update
 
+    run = compiled if lib is not None else eager
     if workers == 1:
         update = run(0)
     else:
-        # Torch releases the GIL inside ops, so the workers' generators run
-        # in parallel; partial updates are summed in worker order.
+        # Torch ops and the kernels release the GIL, so the workers run in
+        # parallel; partial updates are summed in worker order.
         parts = _workers(workers).map([lambda w=w: run(w) for w in range(workers)])
         update = parts[0]
         for part in parts[1:]:

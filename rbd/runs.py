@@ -12,6 +12,8 @@ import re
 import shlex
 from dataclasses import dataclass, fields
 
+from rbd import BASES_VERSION
+
 
 class RunDirectoryError(ValueError):
     """A run directory holds a run made with other settings, or a file that cannot be read."""
@@ -59,6 +61,9 @@ class RunSpec:
     # FPD: forward and backward pass at theta + Phi^T c_prev (c_prev: the last step's
     # coordinate gradient), as the authors' FPD runs them (models/rbd.py).
     fpd_offset: bool = False
+    # How directions are drawn from seeds (rbd.BASES_VERSION); the key of every method
+    # but SGD names it, so runs drawn with older bases keep their own directories.
+    bases_version: int = BASES_VERSION
 
     @property
     def key(self) -> str:
@@ -103,6 +108,10 @@ _OPTION_TOKENS = {
     "even_dims": "even",
     "fpd_offset": "off",
 }
+# Written into every key of a method that draws bases, default or not: a key without
+# it is a run of version 1, from before the version was recorded.
+_VERSION_TOKEN = "bv"
+_FIRST_BASES_VERSION = 1
 _ESCAPES = (("_", "+"), (":", "@"))
 _HEAD = re.compile(r"^d(?P<dim>\d+)_(?P<distribution>[a-z0-9-]+)$")
 _TAIL = re.compile(r"^seed(?P<seed>\d+)$")
@@ -136,6 +145,8 @@ def run_key(spec: RunSpec) -> str:
         value = getattr(spec, name)
         if value != defaults[name]:
             tokens.append(f"{prefix}-{_escape(_fmt(value))}")
+    if spec.method != "sgd":
+        tokens.append(f"{_VERSION_TOKEN}-{spec.bases_version}")
     return "/".join(
         [
             spec.dataset,
@@ -160,10 +171,9 @@ def parse_run_key(key: str) -> RunSpec:
     if not tail_match:
         raise ValueError(f"run key part {tail!r} is not 'seed<n>'")
     types = {f.name: f.type for f in fields(RunSpec)}
-    by_prefix = {"lr": "lr", "e": "epochs", "b": "batch_size"} | {
-        p: n for n, p in _OPTION_TOKENS.items()
-    }
-    values: dict = {}
+    by_prefix = {"lr": "lr", "e": "epochs", "b": "batch_size", _VERSION_TOKEN: "bases_version"}
+    by_prefix |= {p: n for n, p in _OPTION_TOKENS.items()}
+    values: dict = {} if method == "sgd" else {"bases_version": _FIRST_BASES_VERSION}
     for token in options.split("_"):
         prefix, sep, raw = token.partition("-")
         if not sep or prefix not in by_prefix:

@@ -489,6 +489,9 @@ def _read_record(path: Path) -> dict:
 def _check_same_run(cfg: TrainConfig, saved: dict, where: Path) -> None:
     """Refuse to resume or reuse a run directory whose run had other settings."""
     defaults = {f.name: f.default for f in fields(RunSpec)}
+    if saved.get("method", "sgd") != "sgd":
+        # A run recorded before the bases' version was drew version 1 bases.
+        defaults["bases_version"] = 1
     wanted = dataclasses.asdict(cfg.spec)
     differ = [
         f"{name} {saved.get(name, defaults[name])!r} there, {value!r} asked"

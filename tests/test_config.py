@@ -288,8 +288,8 @@ def test_workers_expand_into_distributed_rbd_runs_only():
     ]  # fmt: skip
     lr = parse_lr(QUICK["learning_rates"]["rbd"]["fc-mnist5k"])
     assert {r.key.split("/")[4] for r in runs} == {
-        f"lr-{lr!r}_e-2_b-32_w-1", f"lr-{lr!r}_e-2_b-32_w-1_bases-split",
-        f"lr-{lr!r}_e-2_b-32_w-2", f"lr-{lr!r}_e-2_b-32_w-2_bases-split",
+        f"lr-{lr!r}_e-2_b-32_w-1_bv-2", f"lr-{lr!r}_e-2_b-32_w-1_bases-split_bv-2",
+        f"lr-{lr!r}_e-2_b-32_w-2_bv-2", f"lr-{lr!r}_e-2_b-32_w-2_bases-split_bv-2",
     }  # fmt: skip
     # SGD is never distributed: one plain SGD run serves every W; without
     # `workers`, bases and combine do not enter the key.

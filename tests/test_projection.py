@@ -21,6 +21,13 @@ from rbd.projection import (
 )
 
 
+@pytest.fixture(autouse=True, params=["compiled", "eager"])
+def engine(request, monkeypatch):
+    """Every test here on both paths: the compiled kernels and the eager torch ops."""
+    monkeypatch.setenv("RBD_ENGINE", request.param)
+    return request.param
+
+
 def seeds_for(dim, seed=0, step=0, compartment=0, worker=0):
     return [direction_seed(seed, step, compartment, worker, i) for i in range(dim)]
 
@@ -142,8 +149,16 @@ def test_unknown_distribution_is_rejected():
 
 
 def raw_words(seed, count):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.empty(count, dtype=torch.int64).random_(-(2**63), None, generator=gen).numpy()
+    """Words 0..count-1 of the splitmix64 stream of ``seed`` (Steele, Lea and Flood 2014:
+    state += 0x9E3779B97F4A7C15, then the finaliser), in Python integers: uint64."""
+    mask = (1 << 64) - 1
+    out = []
+    for k in range(1, count + 1):
+        z = (seed + k * 0x9E3779B97F4A7C15) & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        out.append(z ^ (z >> 31))
+    return np.array(out, dtype=np.uint64)
 
 
 def test_gaussian_rows_are_normal_quantiles_of_the_raw_bits():

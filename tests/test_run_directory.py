@@ -160,3 +160,16 @@ def test_aggregating_an_unreadable_run_file_names_it_in_one_line(tmp_path, broke
         out / "run.json",
     )  # fmt: skip
     _one_line_error(proc, str(out / broken))
+
+
+def test_a_run_drawn_with_older_bases_is_neither_reused_nor_resumed(tmp_path):
+    """A run.json from before the bases' version was recorded holds version 1 bases: the
+    same settings today draw other directions, so it is refused (one line, naming it)."""
+    out = tmp_path / "run"
+    assert _train(out).returncode == 0
+    record = json.loads((out / RUN_JSON).read_text())
+    assert record["config"]["bases_version"] == 2
+    del record["config"]["bases_version"]
+    write_json(out / RUN_JSON, record)
+    _one_line_error(_train(out), "bases_version 1 there, 2 asked", "--overwrite")
+    _one_line_error(_train(out, "--bases-version", "1"), "--bases-version", "version 2")

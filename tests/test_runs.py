@@ -27,7 +27,21 @@ def test_key_round_trip(changes):
 
 
 def test_key_is_a_readable_path_and_omits_defaults():
-    assert BASE.key == "mnist5k/fc/rbd/d250_gaussian/lr-0.03125_e-5_b-32/seed0"
+    assert BASE.key == "mnist5k/fc/rbd/d250_gaussian/lr-0.03125_e-5_b-32_bv-2/seed0"
+
+
+def test_keys_name_the_bases_version_of_every_method_that_draws_bases():
+    """Results drawn with other bases never share a directory: a key from before the
+    version was recorded reads as version 1; SGD draws none, so its keys stay as they were."""
+    assert (
+        parse_run_key("mnist5k/fc/rbd/d250_gaussian/lr-0.03125_e-5_b-32/seed0").bases_version == 1
+    )
+    for method in ("rbd", "fpd", "nes"):
+        spec = RunSpec(**{**BASE.__dict__, "method": method})
+        assert spec.bases_version == 2 and "_bv-2/" in spec.key
+    sgd = RunSpec(**{**BASE.__dict__, "method": "sgd"})
+    assert sgd.key == "mnist5k/fc/sgd/d250_gaussian/lr-0.03125_e-5_b-32/seed0"
+    assert parse_run_key(sgd.key) == sgd
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,188 @@
+/* The compiled CPU path of rbd.projection: counter-based directions, drawn and used in one pass.
+ *
+ * A direction with seed s is the splitmix64 stream from state s: word k is
+ * fmix64(s + (k + 1) * GAMMA). Its values come from the words' bits exactly as
+ * rbd.projection's eager path builds them (that path is the specification and
+ * the fallback; tests compare the two bit for bit):
+ *   gaussian   value 4k + t = table[bits 16t..16t+15 of word k]
+ *   uniform    value 2k + t = 2 * float(1.m) - 3, m = bits 32t..32t+22 of word k
+ *   rademacher value 64k + t = -1 if bit t of word k is set, else +1
+ *   bernoulli  rademacher - 0.5 (the authors' +0.5 / -1.5)
+ * Rows are drawn W = 64 * ceil(D / 64) values wide; the first D are used.
+ *
+ * No OpenMP: rbd.projection hands disjoint sets of rows to its own worker
+ * threads (ctypes releases the GIL), each with its own update vector, so the
+ * summation order is fixed by the row split alone.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define GAMMA 0x9E3779B97F4A7C15ULL
+#define BLOCK 1024 /* values drawn per block: the words and values stay in L1 */
+
+enum { GAUSSIAN = 0, UNIFORM = 1, RADEMACHER = 2, BERNOULLI = 3 };
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef uint32_t v16u __attribute__((vector_size(64)));
+
+/* Lane t of a 16-value group takes bit t (low group) or 16 + t (high group) of a half. */
+static const v16u SHIFT_LOW = {31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16};
+static const v16u SHIFT_HIGH = {15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0};
+
+static inline uint64_t fmix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+/* The 16 sign values of one group of a 32-bit half: +-1 - shift. */
+static inline v16 signs(uint32_t half, v16u shifts, float shift) {
+    v16u bits = ((((v16u){0} + half) << shifts) & 0x80000000u) | 0x3F800000u;
+    v16 f;
+    memcpy(&f, &bits, 64);
+    return f - shift;
+}
+
+static inline float sign_value(const uint32_t *halves, int64_t j, float shift) {
+    return ((halves[j >> 5] >> (j & 31)) & 1u ? -1.0f : 1.0f) - shift;
+}
+
+/* Words [first, first + count) of the stream of seed. */
+static void words(uint64_t seed, int64_t first, int64_t count, uint64_t *restrict out) {
+    for (int64_t k = 0; k < count; k++)
+        out[k] = fmix64(seed + (uint64_t)(first + k + 1) * GAMMA);
+}
+
+/* Values [start, start + BLOCK) of a row (start a multiple of BLOCK, BLOCK of 64). */
+static void block(uint64_t seed, int64_t start, int dist, const float *restrict table,
+                  uint64_t *restrict buf, float *restrict out) {
+    if (dist == GAUSSIAN) {
+        words(seed, start / 4, BLOCK / 4, buf);
+        const uint16_t *idx = (const uint16_t *)buf; /* little-endian: word k, then t */
+        for (int j = 0; j < BLOCK; j++) out[j] = table[idx[j]];
+    } else if (dist == UNIFORM) {
+        words(seed, start / 2, BLOCK / 2, buf);
+        const uint32_t *w = (const uint32_t *)buf;
+        for (int j = 0; j < BLOCK; j++) {
+            uint32_t bits = (w[j] & 0x007FFFFFu) | 0x3F800000u;
+            float f;
+            memcpy(&f, &bits, 4);
+            out[j] = f * 2.0f - 3.0f;
+        }
+    } else {
+        words(seed, start / 64, BLOCK / 64, buf);
+        const uint32_t *w = (const uint32_t *)buf;
+        const float shift = dist == BERNOULLI ? 0.5f : 0.0f;
+        for (int h = 0; h < BLOCK / 32; h++) {
+            v16 low = signs(w[h], SHIFT_LOW, shift), high = signs(w[h], SHIFT_HIGH, shift);
+            memcpy(out + 32 * h, &low, 64), memcpy(out + 32 * h + 16, &high, 64);
+        }
+    }
+}
+
+/* Rows of `width` values (a multiple of 64) for `rows` seeds, into out[rows][width]. */
+void rbd_fill(const int64_t *seeds, int64_t rows, int64_t width, int dist, const float *table,
+              float *out) {
+    uint64_t buf[BLOCK / 2]; /* the most words a block takes (uniform) */
+    float tail[BLOCK];
+    for (int64_t i = 0; i < rows; i++) {
+        float *row = out + i * width;
+        int64_t j = 0;
+        for (; j + BLOCK <= width; j += BLOCK) block((uint64_t)seeds[i], j, dist, table, buf, row + j);
+        if (j < width) {
+            block((uint64_t)seeds[i], j, dist, table, buf, tail);
+            memcpy(row + j, tail, (size_t)(width - j) * 4);
+        }
+    }
+}
+
+/* sum_j a[j] b[j] over n values, in a fixed order: 64 lanes, then lane by lane. */
+static float dot(const float *restrict a, const float *restrict b, int64_t n) {
+    v16 acc0 = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0};
+    int64_t j = 0;
+    for (; j + 64 <= n; j += 64) {
+        v16 x0, x1, x2, x3, y0, y1, y2, y3;
+        memcpy(&x0, a + j, 64), memcpy(&y0, b + j, 64);
+        memcpy(&x1, a + j + 16, 64), memcpy(&y1, b + j + 16, 64);
+        memcpy(&x2, a + j + 32, 64), memcpy(&y2, b + j + 32, 64);
+        memcpy(&x3, a + j + 48, 64), memcpy(&y3, b + j + 48, 64);
+        acc0 += x0 * y0, acc1 += x1 * y1, acc2 += x2 * y2, acc3 += x3 * y3;
+    }
+    v16 acc = (acc0 + acc1) + (acc2 + acc3);
+    float s = 0.0f;
+    for (int t = 0; t < 16; t++) s += acc[t];
+    for (; j < n; j++) s += a[j] * b[j];
+    return s;
+}
+
+/* rbd_project for the sign distributions: no row of floats, only its words (W / 64 of
+ * them), expanded to 16 values at a time in registers, twice (for c, then the update). */
+static void project_signs(const int64_t *seeds, int64_t rows, int64_t size, float shift,
+                          const float *g, float scale, int given, float *coords, float *update) {
+    int64_t count = (size + 63) / 64, full = size / 32;
+    uint64_t *buf = malloc((size_t)count * 8);
+    const uint32_t *halves = (const uint32_t *)buf;
+    for (int64_t i = 0; i < rows; i++) {
+        words((uint64_t)seeds[i], 0, count, buf);
+        float c;
+        if (given) {
+            c = coords[i];
+        } else {
+            v16 acc0 = {0}, acc1 = {0};
+            for (int64_t h = 0; h < full; h++) {
+                v16 g0, g1;
+                memcpy(&g0, g + 32 * h, 64), memcpy(&g1, g + 32 * h + 16, 64);
+                acc0 += signs(halves[h], SHIFT_LOW, shift) * g0;
+                acc1 += signs(halves[h], SHIFT_HIGH, shift) * g1;
+            }
+            v16 acc = acc0 + acc1;
+            c = 0.0f;
+            for (int t = 0; t < 16; t++) c += acc[t];
+            for (int64_t j = 32 * full; j < size; j++) c += sign_value(halves, j, shift) * g[j];
+            coords[i] = c = c * scale;
+        }
+        const float a = c * scale;
+        for (int64_t h = 0; h < full; h++) {
+            v16 u0, u1;
+            memcpy(&u0, update + 32 * h, 64), memcpy(&u1, update + 32 * h + 16, 64);
+            u0 += a * signs(halves[h], SHIFT_LOW, shift);
+            u1 += a * signs(halves[h], SHIFT_HIGH, shift);
+            memcpy(update + 32 * h, &u0, 64), memcpy(update + 32 * h + 16, &u1, 64);
+        }
+        for (int64_t j = 32 * full; j < size; j++) update[j] += a * sign_value(halves, j, shift);
+    }
+    free(buf);
+}
+
+/* For each row i (seeds[i], size values): with given == 0, coords[i] = scale * <row, g>;
+ * then update += (scale * coords[i]) * row. The row is drawn once, block by block, into a
+ * row buffer (dotted with g while each block is in L1), then added to the update. */
+void rbd_project(const int64_t *seeds, int64_t rows, int64_t size, int dist, const float *table,
+                 const float *g, float scale, int given, float *coords, float *update) {
+    if (dist == RADEMACHER || dist == BERNOULLI) {
+        project_signs(seeds, rows, size, dist == BERNOULLI ? 0.5f : 0.0f, g, scale, given, coords,
+                      update);
+        return;
+    }
+    int64_t width = 64 * ((size + 63) / 64);
+    float *row = aligned_alloc(64, (size_t)((width + BLOCK - 1) / BLOCK * BLOCK) * 4);
+    uint64_t buf[BLOCK / 2]; /* the most words a block takes (uniform) */
+    for (int64_t i = 0; i < rows; i++) {
+        float c = 0.0f;
+        for (int64_t j = 0; j < size; j += BLOCK) {
+            block((uint64_t)seeds[i], j, dist, table, buf, row + j);
+            if (!given) {
+                int64_t n = size - j < BLOCK ? size - j : BLOCK;
+                c += dot(row + j, g + j, n);
+            }
+        }
+        if (given)
+            c = coords[i];
+        else
+            coords[i] = c = c * scale;
+        const float a = c * scale;
+        for (int64_t j = 0; j < size; j++) update[j] += a * row[j];
+    }
+    free(row);
+}

@@ -1,0 +1,158 @@
+"""The engine's two paths (compiled kernels, eager torch ops) draw the same bases, and a
+step's dispatched ops do not grow with d."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rbd import native
+from rbd.projection import (
+    DENSE,
+    default_chunk_size,
+    generate_directions,
+    project,
+    step_seeds,
+)
+
+SIZE = 3001  # not a multiple of 64, 32 or the kernels' block
+
+
+def _with_engine(monkeypatch, choice, fn):
+    monkeypatch.setenv("RBD_ENGINE", choice)
+    try:
+        return fn()
+    finally:
+        monkeypatch.delenv("RBD_ENGINE")
+
+
+def _columns(seeds, size, distribution, chunk_size, workers):
+    """Phi's columns as ``project`` sees them: for g = e_j (raw rows, normalize=False),
+    c_i = <phi_i, e_j> = phi_ij exactly, since every other product is 0 * x."""
+    cols = []
+    for j in (0, 1, 63, 64, 1023, 1024, 2047, size - 1):
+        g = torch.zeros(size)
+        g[j] = 1.0
+        coords, _ = project(
+            g, seeds, distribution, normalize=False, chunk_size=chunk_size, workers=workers
+        )
+        cols.append(coords)
+    return torch.stack(cols)
+
+
+@pytest.mark.parametrize("distribution", DENSE)
+def test_compiled_and_eager_paths_draw_the_same_bits(distribution, monkeypatch):
+    if native.library() is None:
+        pytest.skip("no C compiler here: only the eager path exists")
+    seeds = step_seeds(11, 3, 0, 0, 20)
+    dim = len(seeds)
+    rows = {
+        choice: _with_engine(
+            monkeypatch, choice, lambda: generate_directions(seeds, SIZE, distribution)
+        )
+        for choice in ("compiled", "eager")
+    }
+    assert torch.equal(rows["compiled"], rows["eager"])
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            for chunk in (1, 7, dim):
+                for choice in ("compiled", "eager"):
+                    cols = _with_engine(
+                        monkeypatch,
+                        choice,
+                        lambda chunk=chunk, n=n_threads: _columns(
+                            seeds, SIZE, distribution, chunk, n
+                        ),
+                    )
+                    picked = rows["eager"][:, [0, 1, 63, 64, 1023, 1024, 2047, SIZE - 1]].t()
+                    assert torch.equal(cols, picked), (choice, chunk, n_threads)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("distribution", DENSE)
+def test_compiled_products_match_the_eager_ones(distribution, monkeypatch):
+    if native.library() is None:
+        pytest.skip("no C compiler here: only the eager path exists")
+    g = torch.randn(SIZE, generator=torch.Generator().manual_seed(3))
+    seeds = step_seeds(5, 0, 1, 0, 33)
+    got = {
+        choice: _with_engine(monkeypatch, choice, lambda: project(g, seeds, distribution))
+        for choice in ("compiled", "eager")
+    }
+    phi = generate_directions(seeds, SIZE, distribution).double() / SIZE**0.5
+    coords = phi @ g.double()
+    for choice, (c, u) in got.items():
+        assert torch.allclose(c.double(), coords, rtol=1e-5, atol=1e-6), choice
+        assert torch.allclose(u.double(), phi.t() @ coords, rtol=1e-5, atol=1e-6), choice
+
+
+def _dispatched_ops(fn) -> int:
+    """aten ops that one call dispatches (the profiler sees the calling thread's ops)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+
+
+@pytest.mark.parametrize("choice", ["compiled", "eager-device-chunks"])
+def test_ops_per_step_do_not_grow_with_d(choice, monkeypatch):
+    """One RBD step dispatches the same number of torch ops at d = 50, 250 and 1000: the
+    compiled path draws every row inside its kernels, the eager path (as on a GPU, whose
+    chunks hold every d that fits DEVICE_CHUNK_BYTES) one chunk in a fixed set of ops."""
+    from rbd.optim import RBD
+
+    if choice == "compiled" and native.library() is None:
+        pytest.skip("no C compiler here")
+    monkeypatch.setenv("RBD_ENGINE", "compiled" if choice == "compiled" else "eager")
+    size = 5000
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        counts = []
+        for dim in (50, 250, 1000):
+            w = torch.nn.Parameter(torch.zeros(size))
+            w.grad = torch.randn(size)
+            opt = RBD([w], lr=0.1, dim=dim)
+            if choice != "compiled":
+                opt.chunk_size = default_chunk_size(size, "gaussian", device="cuda")
+                assert opt.chunk_size >= 1000
+            opt.step()  # warm-up
+            counts.append(_dispatched_ops(opt.step))
+    finally:
+        torch.set_num_threads(threads)
+    assert counts[0] == counts[1] == counts[2], counts
+
+
+def test_no_compiler_falls_back_to_the_same_bits(tmp_path):
+    """With no C compiler on PATH (and a fresh cache) the engine logs why and draws the
+    same directions on the eager path; RBD_ENGINE=compiled makes it an error instead."""
+    code = (
+        "import torch; from rbd.projection import generate_directions, step_seeds;"
+        "x = generate_directions(step_seeds(1, 0, 0, 0, 3), 500, 'gaussian');"
+        "print(float(x.double().sum()))"
+    )
+    env = {"PATH": str(tmp_path), "RBD_CACHE_DIR": str(tmp_path / "cache"), "CC": "none"}
+    fallback = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert "no C compiler found" in fallback.stderr
+    expected = float(generate_directions(step_seeds(1, 0, 0, 0, 3), 500, "gaussian").double().sum())
+    assert float(fallback.stdout) == expected
+    forced = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env | {"RBD_ENGINE": "compiled"},
+        capture_output=True,
+        text=True,
+    )
+    assert forced.returncode != 0 and "RBD_ENGINE=compiled" in forced.stderr
+
+
+def test_unknown_engine_choice_is_an_error(monkeypatch):
+    monkeypatch.setenv("RBD_ENGINE", "fast")
+    with pytest.raises(ValueError, match="RBD_ENGINE"):
+        native.library()
