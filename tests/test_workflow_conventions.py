@@ -161,7 +161,9 @@ def test_env_versions_are_pyprojects():
     for spec in specs:
         match = re.match(r"([A-Za-z0-9_.\-]+)\s*(.*)", spec)
         bounds[match[1].lower()] = match[2].replace(" ", "")
-    for path in sorted(ENVS.glob("*.yaml")):
+    files = sorted(ENVS.glob("*.yaml"))
+    assert files
+    for path in files:
         for package, spec in env_packages(path).items():
             if package == "python":
                 assert spec == project["requires-python"], path.name
