@@ -303,7 +303,8 @@ def run_rbd(checkout: Checkout, cmd: Command, words: list[str]):
 def shorten(words: list[str], cmd: Command) -> None:
     for i, word in enumerate(words[:-1]):
         if word in SHORTER and words[i + 1] != SHORTER[word]:
-            cmd.notes.append(f"{word} {words[i + 1]} -> {SHORTER[word]}")
+            was = "its default" if words[i + 1] == "many" else words[i + 1]
+            cmd.notes.append(f"{word} {was} -> {SHORTER[word]}")
             words[i + 1] = SHORTER[word]
             cmd.how = "real, shortened"
 
@@ -322,6 +323,11 @@ def run_python(checkout: Checkout, cmd: Command, words: list[str]):
         words += ["--size", "100000"]
         cmd.notes.append("--memory at D = 10^5 instead of 10^6")
         cmd.how = "real, shortened"
+    # a benchmark's own defaults of the flags that set its length, shortened too
+    usage = _ok(checkout.run([*words[:2], "--help"]), cmd)
+    for flag in SHORTER:
+        if flag not in words and re.search(rf"{flag}\b", usage):
+            words += [flag, "many"]
     shorten(words, cmd)
     _ok(checkout.run(words), cmd)
 
