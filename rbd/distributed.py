@@ -46,8 +46,9 @@ import time
 import torch
 import torch.distributed as dist
 
-from rbd.optim import RBD, Compartment, step_stats
+from rbd.optim import RBD, Compartment
 from rbd.projection import expand, project
+from rbd.step_stats import UpdateStats
 
 log = logging.getLogger("rbd.distributed")
 
@@ -134,7 +135,8 @@ class DistributedRBD(RBD):
     After each step, ``stats`` holds ``grad_corr`` (cosine between the total
     update and this worker's gradient), ``coord_mean``, ``coord_std`` (over
     all workers' coordinates), ``comm_s`` and ``regen_s`` (seconds spent in the
-    ``all_gather`` and in regenerating the other workers' directions).
+    ``all_gather`` and in regenerating the other workers' directions); the
+    first three are read from the device on first access.
     """
 
     def __init__(
@@ -153,11 +155,6 @@ class DistributedRBD(RBD):
             raise ValueError(f"Invalid combine: {combine!r}; choose one of {COMBINE}")
         kwargs.setdefault("worker", group.rank)
         super().__init__(params, **kwargs)
-        if any(self._network_share(c) != 1.0 for c in self.compartments):
-            raise ValueError(
-                "Invalid compartment_scale: distributed RBD scales each compartment by its own "
-                "size; use compartment_scale='compartment'"
-            )
         self.group, self.bases, self.combine = group, bases, combine
         self.loss_limit = loss_limit
         self.diverged = False
@@ -168,6 +165,15 @@ class DistributedRBD(RBD):
             # use the same count to rebuild the others' updates bit for bit.
             threads = torch.tensor([torch.get_num_threads()])
             self.workers = int(group.all_gather(threads).min())
+
+    def _check_group(self, group, others) -> None:
+        super()._check_group(group, others)
+        network = group["compartment_scale"] == "network" and group["normalize"]
+        if network and len(self._ranges(group)) > 1:
+            raise ValueError(
+                "Invalid compartment_scale: distributed RBD scales each compartment by its own "
+                "size; use compartment_scale='compartment'"
+            )
 
     def share(self, compartment: Compartment, worker: int) -> tuple[int, int, int]:
         """(seed worker id, first, last + 1 direction index) of ``worker``'s directions."""
@@ -204,8 +210,8 @@ class DistributedRBD(RBD):
             coords,
             self._seeds_of(compartment, step, worker),
             compartment.size,
-            self.distribution,
-            normalize=self.normalize,
+            self.param_groups[compartment.group]["distribution"],
+            normalize=self.param_groups[compartment.group]["normalize"],
             chunk_size=self.chunk_size,
             workers=self.workers,
         )
@@ -214,7 +220,8 @@ class DistributedRBD(RBD):
     def _rescale(self, update, count, compartment) -> torch.Tensor:
         # Unnormalised updates are divided by the directions used (the engine
         # divides by this worker's share); a split step has d in all.
-        if not self.normalize and self.bases == "split" and count:
+        normalize = self.param_groups[compartment.group]["normalize"]
+        if not normalize and self.bases == "split" and count:
             update = update * (count / compartment.dim)
         return update
 
@@ -232,20 +239,20 @@ class DistributedRBD(RBD):
         for gi, group in enumerate(self.param_groups):
             g = _flat_grads(group["params"])
             grads.append(g)
-            for comp in self.compartments:
+            for k, comp in enumerate(self.compartments):
                 if comp.group != gi:
                     continue
                 seeds = self._seeds_of(comp, group["step"], rank)
                 coords, u = project(
                     g[comp.start : comp.stop],
                     seeds,
-                    self.distribution,
-                    normalize=self.normalize,
+                    group["distribution"],
+                    normalize=group["normalize"],
                     chunk_size=self.chunk_size,
                     workers=self.workers,
                 )
-                message[offsets[comp.index] : offsets[comp.index] + len(seeds)] = coords
-                own[comp.index] = self._rescale(u, len(seeds), comp)
+                message[offsets[k] : offsets[k] + len(seeds)] = coords
+                own[k] = self._rescale(u, len(seeds), comp)
         if loss is not None and not (math.isfinite(loss) and loss <= self.loss_limit):
             message.fill_(math.nan)
 
@@ -260,14 +267,14 @@ class DistributedRBD(RBD):
             return loss
 
         start = time.perf_counter()
-        dot = norm_u = norm_g = 0.0
+        stats = UpdateStats(coordinates_on_host=True)
         for gi, group in enumerate(self.param_groups):
             g, step, lr = grads[gi], group["step"], group["lr"]
             update = torch.zeros_like(g)
-            for comp in self.compartments:
+            for k, comp in enumerate(self.compartments):
                 if comp.group != gi:
                     continue
-                a = offsets[comp.index]
+                a = offsets[k]
                 if self.bases == "shared":
                     total = gathered[0, a : a + comp.dim].clone()
                     for w in range(1, size):
@@ -278,7 +285,7 @@ class DistributedRBD(RBD):
                     for w in range(size):
                         _, lo, hi = self.share(comp, w)
                         part = (
-                            own[comp.index]
+                            own[k]
                             if w == rank
                             else self._expand(gathered[w, a : a + hi - lo], comp, step, w)
                         )
@@ -292,16 +299,12 @@ class DistributedRBD(RBD):
                 p.add_(update[offset : offset + n].view_as(p), alpha=-lr)
                 offset += n
             group["step"] += 1
-            dot += lr * float(torch.dot(update.double(), g.double()))
-            norm_u += lr * lr * float(update.double().square().sum())
-            norm_g += float(g.double().square().sum())
+            u, g = update.double(), g.double()
+            stats.add_group(lr, torch.dot(u, g), u.square().sum(), g.square().sum())
         _sync(device)
         regen_s = time.perf_counter() - start
-        coords = _used(gathered, self, widths, offsets)
-        self.stats = step_stats(dot, norm_u, norm_g, [coords]) | {
-            "comm_s": comm_s,
-            "regen_s": regen_s,
-        }
+        stats.add_coordinates(_used(gathered, self, widths, offsets))
+        self.stats = stats.lazy(comm_s=comm_s, regen_s=regen_s)
         return loss
 
 
@@ -314,10 +317,10 @@ def _used(gathered, opt: DistributedRBD, widths, offsets) -> torch.Tensor:
     """All workers' coordinates without the padding slots."""
     parts = []
     for w in range(opt.group.size):
-        for comp in opt.compartments:
+        for k, comp in enumerate(opt.compartments):
             _, lo, hi = opt.share(comp, w)
-            parts.append(gathered[w, offsets[comp.index] : offsets[comp.index] + hi - lo])
-    return torch.cat(parts).float().cpu() if parts else torch.zeros(0)
+            parts.append(gathered[w, offsets[k] : offsets[k] + hi - lo])
+    return torch.cat(parts).float() if parts else torch.zeros(0)
 
 
 def _sync(device: torch.device) -> None:

@@ -659,7 +659,7 @@ def _nes_offspring_step(model, optimizer, batches) -> tuple[float, int, int]:
     optimizer.zero_grad(set_to_none=True)
     with torch.no_grad(), unchanged_buffers(model):
         loss = optimizer.step(offspring=[offspring(x, y) for x, y in batches])
-    return loss, correct[0], sum(len(y) for _, y in batches)
+    return float(loss), correct[0], sum(len(y) for _, y in batches)
 
 
 def _progress(total: int, done: int, label: str, rank: int = 0):
