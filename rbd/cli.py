@@ -464,8 +464,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Packages of the extras (pyproject.toml) that the command needs beyond the core's torch.
+EXTRA_OF_MODULE = {
+    "torchvision": "train",
+    "numpy": "train",
+    "yaml": "train",
+    "tqdm": "train",
+    "mlxtend": "train",
+    "pandas": "workflow",
+    "matplotlib": "workflow",
+    "seaborn": "workflow",
+    "jsonschema": "workflow",
+    "snakemake": "workflow",
+}
+
+
+def _missing_extra(err: ModuleNotFoundError) -> str | None:
+    """The install line that brings a module an extra provides, or None for any other."""
+    extra = EXTRA_OF_MODULE.get((err.name or "").partition(".")[0])
+    if extra is None:
+        return None
+    return (
+        f"this needs {err.name!r}, which the core install (torch only) lacks: "
+        f"pip install 'rbd[{extra}]'"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ModuleNotFoundError as err:
+        # The light install (torch only) has the optimisers, not the command.
+        if (advice := _missing_extra(err)) is None:
+            raise
+        print(f"rbd: error: {advice}", file=sys.stderr)
+        return 1
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -481,6 +514,11 @@ def main(argv: list[str] | None = None) -> int:
     except (RbdDataError, RunDirectoryError) as err:
         # A user's error: one line that says what to fix, no traceback.
         print(f"rbd {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as err:
+        if (advice := _missing_extra(err)) is None:
+            raise
+        print(f"rbd {args.command}: error: {advice}", file=sys.stderr)
         return 1
 
 

@@ -175,3 +175,27 @@ def test_rbd_train_runs_without_the_workflow_extra(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "run.json").is_file() and (out / "metrics.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    ("blocked", "args", "extra"),
+    [
+        (("numpy", "torchvision", "yaml"), ["train", "--help"], "train"),
+        (("pandas",), ["aggregate", "--experiment", "t", "--out", "t.csv", "run"], "workflow"),
+    ],
+)
+def test_the_command_names_the_missing_extra_in_one_line(blocked, args, extra):
+    """`rbd` on an install without its extra says which extra to install, no traceback."""
+    script = textwrap.dedent(f"""
+        import sys
+        for name in {blocked!r}:
+            sys.modules[name] = None
+        from rbd.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and f"pip install 'rbd[{extra}]'" in proc.stderr
