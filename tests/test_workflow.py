@@ -99,10 +99,10 @@ def test_verify_overlay_installs_the_local_data_and_trains_the_authors_protocol(
     keys = set(re.findall(r"wildcards: run=(\S+)", proc.stdout))
     assert len(keys) == 16 and all("_e-3_" in k and k.endswith("seed0") for k in keys)
     # the authors' effective rates and augmentation (config/README.md, "Paper preset")
-    assert "mnist/fc/rbd/d250_gaussian/lr-1.0_e-3_b-32_aug-1/seed0" in keys
+    assert "mnist/fc/rbd/d250_gaussian/lr-1.0_e-3_b-32_aug-1_bv-2/seed0" in keys
     assert "fashion_mnist/cnn/sgd/d0_none/lr-0.0625_e-3_b-32_aug-1/seed0" in keys
-    assert "mnist/fc/fpd/d250_gaussian/lr-1.0_e-3_b-32_aug-1_off-1/seed0" in keys
-    assert "mnist/cnn/nes/d250_gaussian/lr-0.0625_e-3_b-32_aug-1_nnorm-1/seed0" in keys
+    assert "mnist/fc/fpd/d250_gaussian/lr-1.0_e-3_b-32_aug-1_off-1_bv-2/seed0" in keys
+    assert "mnist/cnn/nes/d250_gaussian/lr-0.0625_e-3_b-32_aug-1_nnorm-1_bv-2/seed0" in keys
 
 
 def test_bases_experiment_also_builds_its_table(tmp_path):
