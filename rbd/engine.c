@@ -142,6 +142,7 @@ static void project_signs(const int64_t *seeds, int64_t rows, int64_t size, floa
             for (int64_t j = 32 * full; j < size; j++) c += sign_value(halves, j, shift) * g[j];
             coords[i] = c = c * scale;
         }
+        if (update == NULL) continue;
         const float a = c * scale;
         for (int64_t h = 0; h < full; h++) {
             v16 u0, u1;
@@ -156,7 +157,7 @@ static void project_signs(const int64_t *seeds, int64_t rows, int64_t size, floa
 }
 
 /* For each row i (seeds[i], size values): with given == 0, coords[i] = scale * <row, g>;
- * then update += (scale * coords[i]) * row. The row is drawn once, block by block, into a
+ * then, unless update is NULL (coordinates only), update += (scale * coords[i]) * row. The row is drawn once, block by block, into a
  * row buffer (dotted with g while each block is in L1), then added to the update. */
 void rbd_project(const int64_t *seeds, int64_t rows, int64_t size, int dist, const float *table,
                  const float *g, float scale, int given, float *coords, float *update) {
@@ -181,6 +182,7 @@ void rbd_project(const int64_t *seeds, int64_t rows, int64_t size, int dist, con
             c = coords[i];
         else
             coords[i] = c = c * scale;
+        if (update == NULL) continue;
         const float a = c * scale;
         for (int64_t j = 0; j < size; j++) update[j] += a * row[j];
     }

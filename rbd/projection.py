@@ -30,7 +30,7 @@ transforms, N = the next power of two >= D: a vector of length D is
 placed in N slots (``placement(D)``, a fixed random D-subset, the rest
 zero) and the columns of a block are its columns at those slots.
 Directions ``[b N, (b + 1) N)`` form block b, and block b is a pure
-function of its first seed ``seeds[b * N]``, D and the device type; row j
+function of its first seed ``seeds[b * N]`` and D; row j
 of block b also does not depend on how many rows the block has. So with
 ``step_seeds``, block b of step t is a pure function of
 ``direction_seed(seed, t, compartment, worker, b * N)``. Within a block,
@@ -708,6 +708,47 @@ def project(
     return coords.to(grad.dtype), update.to(grad.dtype)
 
 
+def coordinates(
+    grad: torch.Tensor,
+    seeds,
+    distribution: str,
+    *,
+    normalize: bool = True,
+    chunk_size: int | None = None,
+    workers: int | None = None,
+) -> torch.Tensor:
+    """``project(grad, seeds, ...)[0]`` without forming the update: half the work where
+    the update is built later from other coordinates (a DDP hook expands the workers'
+    mean). The same chunks and workers as :func:`project`, so the same bits."""
+    _check(distribution)
+    if grad.dim() != 1:
+        raise ValueError(f"grad must be 1-D, got shape {tuple(grad.shape)}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    size, dim, device = grad.numel(), len(seeds), grad.device
+    g = grad.detach().to(torch.float32)
+    if distribution in STRUCTURED:
+        if not dim:
+            return torch.zeros(0, dtype=grad.dtype, device=device)
+        with _one_thread(device):
+            coords = StructuredBlocks(seeds, size, distribution, device).apply(g)
+        return (coords.mul_(1.0 / math.sqrt(size)) if normalize else coords).to(grad.dtype)
+    coords = torch.empty(dim, dtype=torch.float32, device=device)
+    _dense_update(
+        seeds,
+        size,
+        distribution,
+        device,
+        normalize=normalize,
+        chunk_size=chunk_size,
+        workers=workers,
+        coords=coords,
+        grad=g.contiguous(),
+        with_update=False,
+    )
+    return coords.to(grad.dtype)
+
+
 def expand(
     coords: torch.Tensor,
     seeds,
@@ -763,12 +804,14 @@ def _dense_update(
     workers: int | None,
     coords: torch.Tensor,
     grad: torch.Tensor | None,
-) -> torch.Tensor:
+    with_update: bool = True,
+) -> torch.Tensor | None:
     """Phi^T c for dense distributions, drawing Phi chunk by chunk, never d x D.
 
     With ``grad``, the scaled coordinates of each chunk's rows are computed from it
     into ``coords`` (:func:`project`); without, ``coords`` holds them (:func:`expand`).
     Both share these chunks, workers and summation order, so they agree bit for bit.
+    ``with_update=False`` only fills ``coords`` (:func:`coordinates`) and returns None.
     On the CPU the compiled kernels draw each row and use it in one pass, chunk by
     chunk (default: one contiguous chunk per worker); elsewhere, and where they
     cannot be built, eager torch ops draw the same rows.
@@ -791,8 +834,8 @@ def _dense_update(
     scale = 1.0 / math.sqrt(size) if normalize else 1.0
     seed_tensor = _seed_tensor(seeds, device)
 
-    def compiled(worker: int) -> torch.Tensor:
-        update = torch.zeros(size, dtype=torch.float32, device=device)
+    def compiled(worker: int) -> torch.Tensor | None:
+        update = torch.zeros(size, dtype=torch.float32, device=device) if with_update else None
         table = normal_quantile_table(device)
         for start in starts[worker::workers]:
             rows = min(chunk, dim - start)
@@ -806,13 +849,13 @@ def _dense_update(
                 scale,
                 int(grad is None),
                 native.pointer(coords[start:]),
-                native.pointer(update),
+                None if update is None else native.pointer(update),
             )
         return update
 
-    def eager(worker: int) -> torch.Tensor:
+    def eager(worker: int) -> torch.Tensor | None:
         scratch = _Scratch(min(chunk, dim), row_width(size), device)
-        update = torch.zeros(size, dtype=torch.float32, device=device)
+        update = torch.zeros(size, dtype=torch.float32, device=device) if with_update else None
         for start in starts[worker::workers]:
             stop = min(start + chunk, dim)
             rows = _fill(scratch, seed_tensor[start:stop], distribution)[:, :size]
@@ -821,17 +864,22 @@ def _dense_update(
             else:
                 c = torch.mv(rows, grad).mul_(scale)
                 coords[start:stop] = c
-            # This chunk's share of Phi^T c, while its rows are in cache.
-            update.addmv_(rows.t(), c, alpha=scale)
+            if update is not None:
+                # This chunk's share of Phi^T c, while its rows are in cache.
+                update.addmv_(rows.t(), c, alpha=scale)
         return update
 
     run = compiled if lib is not None else eager
     if workers == 1:
         update = run(0)
+        if update is None:
+            return None
     else:
         # Torch ops and the kernels release the GIL, so the workers run in
         # parallel; partial updates are summed in worker order.
         parts = _workers(workers).map([lambda w=w: run(w) for w in range(workers)])
+        if not with_update:
+            return None
         update = parts[0]
         for part in parts[1:]:
             update.add_(part)

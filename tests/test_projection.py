@@ -241,3 +241,17 @@ def test_expand_rebuilds_the_update_from_coordinates(distribution):
     c = torch.randn(40, dtype=torch.float64)
     phi = generate_directions(seeds, g.numel(), distribution).double() / math.sqrt(g.numel())
     assert rel_err(expand(c.float(), seeds, g.numel(), distribution), phi.t() @ c) < 1e-5
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_coordinates_alone_equal_projects_coordinates(distribution):
+    """coordinates() is project()'s first output, bit for bit, without the update."""
+    from rbd.projection import coordinates
+
+    g = torch.randn(5000, generator=torch.Generator().manual_seed(9))
+    seeds = seeds_for(37, seed=2)
+    for kwargs in ({}, {"normalize": False}, {"chunk_size": 5, "workers": 2}):
+        assert torch.equal(
+            coordinates(g, seeds, distribution, **kwargs),
+            project(g, seeds, distribution, **kwargs)[0],
+        )
