@@ -32,9 +32,10 @@ MODEL_STEP_S = {
     "cuda": {"fc": 1e-3, "cnn": 2e-3, "resnet8": 5e-3},
 }
 # Seconds per direction entry per step (d x D of them) for RBD and FPD: measured on CPU
-# (fc, d = 250: 0.1-0.25 s per step, one thread on a shared 2-core machine); on a GPU
-# generation and both products are bandwidth-bound (an assumption, not a measurement).
-DIRECTION_S = {"cpu": 8e-9, "cuda": 5e-11}
+# with the compiled kernels (fc, d = 250: 21 ms per step on a quiet core, 40-60 ms on a
+# shared 2-core machine; a limit errs long); on a GPU generation and both products are
+# bandwidth-bound (an assumption, not a measurement).
+DIRECTION_S = {"cpu": 2e-9, "cuda": 5e-11}
 # Fixed minutes per job: start-up, data loading, evaluation.
 OVERHEAD_MIN = 10
 
