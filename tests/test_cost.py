@@ -33,9 +33,10 @@ def test_estimate_grows_with_d_epochs_and_shrinks_on_a_gpu():
     assert runtime_minutes(spec(), device="cuda") < base / 10
     assert runtime_minutes(spec(method="sgd", dim=0, distribution="none")) < base / 10
     assert runtime_minutes(spec(), attempt=2) == 2 * base
-    # the measured cell: RBD on FC-MNIST, 100 epochs, one CPU thread here took 1.5-7 min
-    # per epoch depending on the machine's load; the estimate must cover the quiet case
-    assert 100 * 1.5 < base < 100 * 7
+    # the measured cell: RBD on FC-MNIST, 100 epochs, one CPU thread here took 45-145 s
+    # per epoch with the compiled kernels, depending on the machine's load (the engine
+    # before them: 1.5-7 min); the estimate must cover the quiet case
+    assert 100 * 0.75 < base < 100 * 3
 
 
 def test_runtime_scale_multiplies_the_estimate():
