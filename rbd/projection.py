@@ -677,35 +677,8 @@ def project(
     whatever d, on one CPU thread; ``chunk_size`` and ``workers`` are
     ignored, and the result is bit for bit the same for any thread count.
     """
-    _check(distribution)
-    if grad.dim() != 1:
-        raise ValueError(f"grad must be 1-D, got shape {tuple(grad.shape)}")
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    size, dim = grad.numel(), len(seeds)
-    device = grad.device
-    g = grad.detach().to(torch.float32)
-    if distribution in STRUCTURED:
-        with _one_thread(device):
-            blocks = StructuredBlocks(seeds, size, distribution, device) if dim else None
-            coords = blocks.apply(g) if dim else torch.zeros(0, device=device)
-            if normalize:
-                coords.mul_(1.0 / math.sqrt(size))
-            update = _structured_update(blocks, coords, size, normalize, device)
-        return coords.to(grad.dtype), update.to(grad.dtype)
-    coords = torch.empty(dim, dtype=torch.float32, device=device)
-    update = _dense_update(
-        seeds,
-        size,
-        distribution,
-        device,
-        normalize=normalize,
-        chunk_size=chunk_size,
-        workers=workers,
-        coords=coords,
-        grad=g.contiguous(),
-    )
-    return coords.to(grad.dtype), update.to(grad.dtype)
+    coords, update = _project(grad, seeds, distribution, normalize, chunk_size, workers, True)
+    return coords, update
 
 
 def coordinates(
@@ -720,6 +693,11 @@ def coordinates(
     """``project(grad, seeds, ...)[0]`` without forming the update: half the work where
     the update is built later from other coordinates (a DDP hook expands the workers'
     mean). The same chunks and workers as :func:`project`, so the same bits."""
+    return _project(grad, seeds, distribution, normalize, chunk_size, workers, False)[0]
+
+
+def _project(grad, seeds, distribution, normalize, chunk_size, workers, with_update):
+    """:func:`project`, or with ``with_update=False`` its coordinates alone (update None)."""
     _check(distribution)
     if grad.dim() != 1:
         raise ValueError(f"grad must be 1-D, got shape {tuple(grad.shape)}")
@@ -728,25 +706,29 @@ def coordinates(
     size, dim, device = grad.numel(), len(seeds), grad.device
     g = grad.detach().to(torch.float32)
     if distribution in STRUCTURED:
-        if not dim:
-            return torch.zeros(0, dtype=grad.dtype, device=device)
         with _one_thread(device):
-            coords = StructuredBlocks(seeds, size, distribution, device).apply(g)
-        return (coords.mul_(1.0 / math.sqrt(size)) if normalize else coords).to(grad.dtype)
-    coords = torch.empty(dim, dtype=torch.float32, device=device)
-    _dense_update(
-        seeds,
-        size,
-        distribution,
-        device,
-        normalize=normalize,
-        chunk_size=chunk_size,
-        workers=workers,
-        coords=coords,
-        grad=g.contiguous(),
-        with_update=False,
-    )
-    return coords.to(grad.dtype)
+            blocks = StructuredBlocks(seeds, size, distribution, device) if dim else None
+            coords = blocks.apply(g) if dim else torch.zeros(0, device=device)
+            if normalize:
+                coords.mul_(1.0 / math.sqrt(size))
+            update = None
+            if with_update:
+                update = _structured_update(blocks, coords, size, normalize, device)
+    else:
+        coords = torch.empty(dim, dtype=torch.float32, device=device)
+        update = _dense_update(
+            seeds,
+            size,
+            distribution,
+            device,
+            normalize=normalize,
+            chunk_size=chunk_size,
+            workers=workers,
+            coords=coords,
+            grad=g.contiguous(),
+            with_update=with_update,
+        )
+    return coords.to(grad.dtype), None if update is None else update.to(grad.dtype)
 
 
 def expand(
