@@ -12,6 +12,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
+from rbd import BASES_VERSION
 from rbd.cost import runtime_minutes
 from rbd.runs import parse_run_key
 
@@ -249,7 +250,10 @@ def test_tiny_preset_end_to_end_with_report(tmp_path):
     for row in table.itertuples():
         runs = tmp_path / "results/runs/mnist5k/fc" / row.method
         epochs = config["experiments"]["table1"]["epochs"]
-        pattern = f"d{int(row.dim)}_*/lr-{float(row.lr)!r}_e-{epochs}_b-32/seed*/metrics.csv"
+        version = "" if row.method == "sgd" else f"_bv-{BASES_VERSION}"  # keys of drawn bases
+        pattern = (
+            f"d{int(row.dim)}_*/lr-{float(row.lr)!r}_e-{epochs}_b-32{version}/seed*/metrics.csv"
+        )
         finals = [pd.read_csv(path)["val_acc"].iloc[-1] for path in runs.glob(pattern)]
         assert len(finals) == 2 and row.val_acc_mean == pytest.approx(sum(finals) / 2)
     for name in ("table1", "fig_dims", "fig_lr"):
