@@ -1,10 +1,11 @@
 """Summarise full-protocol runs into this folder's CSVs and the README's table.
 
-Each argument names a cell and its run directory, ``CELL=DIR``: a finished
-run (``metrics.csv``, ``run.json``) or one still training (its
-``checkpoint.pt`` holds the epochs so far). Cells named ``table1:...`` get the
-paper's Table 1 value beside ours; ``reading:...`` cells are measurements
-made to explain a gap. Rows of cells not named are kept, so runs from
+Each argument names a cell and its run directories, ``CELL=DIR[,DIR...]`` (one
+per seed): finished runs (``metrics.csv``, ``run.json``) or runs still
+training (their ``checkpoint.pt`` holds the epochs so far). A cell's accuracy
+is the mean over its seeds of each run's last epoch, with their std. Cells
+named ``table1:...`` get the paper's Table 1 value beside ours; ``reading:...``
+cells are measurements made to explain a gap. Rows of cells not named are kept, so runs from
 earlier sessions stay; a named cell's rows are replaced.
 
     .venv/bin/python docs/verification/summarise.py table1:rbd-fc-mnist=results/runs/... [...]
@@ -26,10 +27,11 @@ from rbd.runs import RunSpec
 HERE = Path(__file__).resolve().parent
 EPOCHS_CSV = HERE / "full_protocol_epochs.csv"
 SUMMARY_CSV = HERE / "full_protocol.csv"
-EPOCH_COLUMNS = ["cell", "run_key", "bases_version", "epoch", "val_acc", "train_acc", "val_loss"]
+EPOCH_COLUMNS = ["cell", "run_key", "bases_version", "seed", "epoch", "val_acc", "train_acc"]
+EPOCH_COLUMNS += ["val_loss"]
 EPOCH_COLUMNS += ["grad_corr_mean", "grad_corr_tensors_mean"]
-SUMMARY_COLUMNS = ["cell", "run_key", "bases_version", "status", "epochs", "val_acc"]
-SUMMARY_COLUMNS += ["val_acc_last10_mean", "grad_corr", "grad_corr_tensors", "paper"]
+SUMMARY_COLUMNS = ["cell", "run_key", "bases_version", "seeds", "status", "epochs", "val_acc"]
+SUMMARY_COLUMNS += ["val_acc_std", "val_acc_last10_mean", "grad_corr", "grad_corr_tensors", "paper"]
 SUMMARY_COLUMNS += ["paper_std", "diff"]
 METHODS = ("sgd", "rbd", "fpd", "nes")
 # Epochs averaged for the "last 10" column.
@@ -58,42 +60,56 @@ def _fmt(value: float, digits: int) -> str:
     return "" if math.isnan(value) else f"{value:.{digits}f}"
 
 
-def summarise(cell: str, directory: Path) -> tuple[dict, list[dict]]:
-    config, rows, status = read_run(directory)
-    spec = RunSpec(**{k: v for k, v in config.items() if k in RunSpec.__dataclass_fields__})
-    version = "" if spec.method == "sgd" else config.get("bases_version", 1)
-    epochs = [
-        {
-            "cell": cell,
-            "run_key": spec.key,
-            "bases_version": version,
-            "epoch": int(row["epoch"]),
-            "val_acc": _number(row["val_acc"]),
-            "train_acc": _number(row["train_acc"]),
-            "val_loss": _number(row["val_loss"]),
-            "grad_corr_mean": _fmt(_number(row.get("grad_corr_mean")), 4),
-            "grad_corr_tensors_mean": _fmt(_number(row.get("grad_corr_tensors_mean")), 4),
-        }
-        for row in rows
-    ]
-    last = epochs[-1]
-    accs = [e["val_acc"] for e in epochs[-LAST:]]
+def summarise(cell: str, directories: list[Path]) -> tuple[dict, list[dict]]:
+    """The cell's summary row (mean over its runs) and every run's epoch rows."""
+    runs, epochs = [], []
+    for directory in directories:
+        config, rows, status = read_run(directory)
+        spec = RunSpec(**{k: v for k, v in config.items() if k in RunSpec.__dataclass_fields__})
+        version = "" if spec.method == "sgd" else config.get("bases_version", 1)
+        mine = [
+            {
+                "cell": cell,
+                "run_key": spec.key,
+                "bases_version": version,
+                "seed": spec.seed,
+                "epoch": int(row["epoch"]),
+                "val_acc": _number(row["val_acc"]),
+                "train_acc": _number(row["train_acc"]),
+                "val_loss": _number(row["val_loss"]),
+                "grad_corr_mean": _fmt(_number(row.get("grad_corr_mean")), 4),
+                "grad_corr_tensors_mean": _fmt(_number(row.get("grad_corr_tensors_mean")), 4),
+            }
+            for row in rows
+        ]
+        runs.append((spec, status, mine))
+        epochs.extend(mine)
+    spec, status, first = runs[0]
+    finals = [mine[-1]["val_acc"] for _, _, mine in runs]
+    mean = sum(finals) / len(finals)
+    std = (
+        math.sqrt(sum((a - mean) ** 2 for a in finals) / (len(finals) - 1)) if len(runs) > 1 else 0
+    )
+    last10 = [sum(e["val_acc"] for e in mine[-LAST:]) / len(mine[-LAST:]) for _, _, mine in runs]
+    done = all(st == "done" and mine[-1]["epoch"] == sp.epochs for sp, st, mine in runs)
     paper, paper_std = (math.nan, math.nan)
     if cell.startswith("table1:"):
         paper, paper_std = TABLE1[(spec.model, spec.dataset)][spec.method]
     summary = {
         "cell": cell,
         "run_key": spec.key,
-        "bases_version": version,
-        "status": "done" if status == "done" and last["epoch"] == spec.epochs else status,
-        "epochs": last["epoch"],
-        "val_acc": last["val_acc"],
-        "val_acc_last10_mean": round(sum(accs) / len(accs), 2),
-        "grad_corr": last["grad_corr_mean"],
-        "grad_corr_tensors": last["grad_corr_tensors_mean"],
+        "bases_version": first[-1]["bases_version"],
+        "seeds": " ".join(str(sp.seed) for sp, _, _ in runs),
+        "status": "done" if done else "running",
+        "epochs": min(mine[-1]["epoch"] for _, _, mine in runs),
+        "val_acc": round(mean, 2),
+        "val_acc_std": round(std, 2) if len(runs) > 1 else "",
+        "val_acc_last10_mean": round(sum(last10) / len(last10), 2),
+        "grad_corr": first[-1]["grad_corr_mean"],
+        "grad_corr_tensors": first[-1]["grad_corr_tensors_mean"],
         "paper": _fmt(paper, 3).rstrip("0").rstrip("."),
         "paper_std": _fmt(paper_std, 3).rstrip("0").rstrip("."),
-        "diff": _fmt(last["val_acc"] - paper, 2),
+        "diff": _fmt(mean - paper, 2),
     }
     return summary, epochs
 
@@ -116,9 +132,10 @@ def _csv(rows: list[dict], columns: list[str]) -> str:
 def markdown(summaries: list[dict]) -> str:
     """The README's table: ours beside the paper's."""
     lines = [
-        "| cell | epochs | ours (last epoch) | mean of last 10 epochs | paper (100 epochs) "
-        "| ours - paper | gradient correlation, global / mean per tensor |",
-        "|---|---|---|---|---|---|---|",
+        "| cell | epochs | ours (last epoch; mean ± std over seeds) | mean of last 10 epochs "
+        "| paper (100 epochs) | ours - paper "
+        "| gradient correlation, global / mean per tensor | seeds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         name = s["cell"].partition(":")[2]
@@ -126,10 +143,13 @@ def markdown(summaries: list[dict]) -> str:
         diff = f"{float(s['diff']):+.2f}" if s["diff"] else ""
         corr = f"{s['grad_corr']} / {s['grad_corr_tensors']}" if s["grad_corr"] else ""
         epochs = str(s["epochs"]) if s["status"] == "done" else f"{s['epochs']} ({s['status']})"
-        acc = float(s["val_acc"])
+        acc = f"{float(s['val_acc']):.2f}"
+        if s.get("val_acc_std"):
+            acc += f" ± {float(s['val_acc_std']):.2f}"
+        seeds = s.get("seeds") or "0"
         lines.append(
-            f"| {name} | {epochs} | {acc:.2f} | {float(s['val_acc_last10_mean']):.2f} "
-            f"| {paper} | {diff} | {corr} |"
+            f"| {name} | {epochs} | {acc} | {float(s['val_acc_last10_mean']):.2f} "
+            f"| {paper} | {diff} | {corr} | {seeds} |"
         )
     return "\n".join(lines)
 
@@ -141,8 +161,8 @@ def main() -> None:
     named = dict(arg.split("=", 1) for arg in args.cells)
     summaries = [s for s in _read(SUMMARY_CSV) if s["cell"] not in named]
     epochs = [e for e in _read(EPOCHS_CSV) if e["cell"] not in named]
-    for cell, directory in named.items():
-        summary, rows = summarise(cell, Path(directory))
+    for cell, directories in named.items():
+        summary, rows = summarise(cell, [Path(d) for d in directories.split(",")])
         summaries.append(summary)
         epochs.extend(rows)
     for row in summaries + epochs:
