@@ -46,7 +46,7 @@ def read_run(directory: Path) -> tuple[dict, list[dict], str]:
             rows = list(csv.DictReader(f))
         return record["config"], rows, record["status"]
     checkpoint = load_torch(directory / "checkpoint.pt")
-    return checkpoint["spec"], checkpoint["rows"], "running"
+    return checkpoint["spec"], checkpoint["rows"], "unfinished"
 
 
 def _number(value) -> float:
@@ -100,7 +100,7 @@ def summarise(cell: str, directories: list[Path]) -> tuple[dict, list[dict]]:
         "run_key": spec.key,
         "bases_version": first[-1]["bases_version"],
         "seeds": " ".join(str(sp.seed) for sp, _, _ in runs),
-        "status": "done" if done else "running",
+        "status": "done" if done else "unfinished",
         "epochs": min(mine[-1]["epoch"] for _, _, mine in runs),
         "val_acc": round(mean, 2),
         "val_acc_std": round(std, 2) if len(runs) > 1 else "",
@@ -139,10 +139,12 @@ def markdown(summaries: list[dict]) -> str:
     ]
     for s in summaries:
         name = s["cell"].partition(":")[2]
+        if str(s.get("bases_version")) == "1":
+            name += " (bases v1)"
         paper = f"{s['paper']} ± {s['paper_std']}" if s["paper"] else ""
         diff = f"{float(s['diff']):+.2f}" if s["diff"] else ""
         corr = f"{s['grad_corr']} / {s['grad_corr_tensors']}" if s["grad_corr"] else ""
-        epochs = str(s["epochs"]) if s["status"] == "done" else f"{s['epochs']} ({s['status']})"
+        epochs = str(s["epochs"]) if s["status"] == "done" else f"{s['epochs']} of 100"
         acc = f"{float(s['val_acc']):.2f}"
         if s.get("val_acc_std"):
             acc += f" ± {float(s['val_acc_std']):.2f}"
