@@ -17,19 +17,23 @@ import platform
 import sys
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from rbd import __version__, cost
-from rbd.data import Augmentation, load_dataset, preprocess
+from rbd.data import Augmentation, Splits, load_dataset, preprocess
 from rbd.io import load_torch, run_lock, save_torch, write_json, write_text
 from rbd.models import build_model, count_params
 from rbd.optim import build_optimizer, module_loss
 from rbd.runs import RunDirectoryError, RunSpec
+
+if TYPE_CHECKING:
+    from rbd.distributed import Group
 
 log = logging.getLogger("rbd.train")
 
@@ -201,21 +205,186 @@ def train(cfg: TrainConfig, out_dir: str | Path, group=None) -> dict:
         return _train(cfg, out, group)
 
 
-def _train(cfg: TrainConfig, out: Path, group) -> dict:
+def _train(cfg: TrainConfig, out: Path, group: Group | None) -> dict:
+    """`train` inside the run directory: set up, resume, train epoch by epoch, record."""
     if cfg.overwrite:
         for name in (RUN_JSON, METRICS, CHECKPOINT):
             (out / name).unlink(missing_ok=True)
     if (out / RUN_JSON).exists() and (out / METRICS).exists():
-        record = _read_record(out / RUN_JSON)
-        _check_same_run(cfg, record.get("config", {}), out / RUN_JSON)
-        log.info("%s already finished; nothing to do", out)
-        return record
+        return _finished_record(cfg, out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = group.device if group is not None else resolve_device(cfg.device)
-    rank, world = (group.rank, group.size) if group is not None else (0, 1)
-
     check_settings(cfg)
+    data = _load_data(cfg, device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, tuple(data.train_x.shape[1:]), init=cfg.init).to(device)
+    schedule = phases(cfg)
+    optimizers = _build_optimizers(model, schedule, cfg, group)
+    augmentation = Augmentation(cfg.dataset) if cfg.augment else None
+    setup = _Setup(cfg, out, group, device, data, model, schedule, optimizers, augmentation)
+    progress = _resume(setup)
+
+    checkpoints = _Checkpoints(setup)
+    status = STATUS_DONE
+    model.train()
+    while progress.epoch < cfg.epochs and status == STATUS_DONE:
+        phase, optimizer = _phase_of_epoch(setup, progress.epoch)
+        permutation, next_order_state = _epoch_order(setup, progress.order_state)
+        status = _train_epoch(setup, progress, phase, optimizer, permutation, checkpoints)
+        if status != STATUS_DONE:
+            break
+        if group is not None:
+            _epoch_totals_over_workers(setup, progress)
+            checkpoints.set_steps(progress)
+        row = _epoch_row(setup, progress, phase, optimizer)
+        if not math.isfinite(row["val_loss"]):
+            status = STATUS_DIVERGED
+        if setup.rank == 0:
+            _log_epoch(row, cfg.epochs)
+        progress.finish_epoch(row, next_order_state)
+        checkpoints.save(progress)
+
+    record = _final_record(setup, progress, status)
+    if group is not None and not group.is_main:
+        return record
+    if status == STATUS_DONE and data.test_x is not None:
+        record |= _test_scores(setup)
+    write_text(out / METRICS, _metrics_csv(progress.rows))
+    write_json(out / RUN_JSON, record)
+    (out / CHECKPOINT).unlink(missing_ok=True)
+    return record
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What a run trains with, fixed once built: its settings, data, model, an optimiser
+    per phase, and the process group of a distributed run (None for a plain run)."""
+
+    cfg: TrainConfig
+    out: Path
+    group: Group | None
+    device: torch.device
+    data: Splits
+    model: torch.nn.Module
+    schedule: list[Phase]
+    optimizers: list[torch.optim.Optimizer]
+    augmentation: Augmentation | None
+
+    @property
+    def rank(self) -> int:
+        return self.group.rank if self.group is not None else 0
+
+    @property
+    def world(self) -> int:
+        return self.group.size if self.group is not None else 1
+
+    @property
+    def num_params(self) -> int:
+        return count_params(self.model)
+
+    @property
+    def global_batch(self) -> int:
+        """Images per step over all workers: each trains `batch_size` of them."""
+        return self.cfg.batch_size * self.world
+
+    @property
+    def num_batches(self) -> int:
+        return math.ceil(len(self.data.train_x) / self.global_batch)
+
+
+def _new_epoch_accumulator() -> dict:
+    return {"loss": 0.0, "correct": 0, "seen": 0, "updates": 0, "seconds": 0.0, "stats": {}}
+
+
+@dataclass
+class _Progress:
+    """How far a run has come: with the model and the optimisers, what its checkpoint holds."""
+
+    # The data order's stream at the current epoch's start (a resumed epoch redraws its order).
+    order_state: torch.Tensor
+    # The augmentation stream, live: each worker augments its own images with its own.
+    aug_gen: torch.Generator
+    epoch: int = 0
+    next_batch: int = 0
+    elapsed: float = 0.0
+    rows: list[dict] = field(default_factory=list)
+    resumes: int = 0
+    # The current epoch's sums so far (see _new_epoch_accumulator); "stats" is StepStats' state.
+    epoch_acc: dict = field(default_factory=_new_epoch_accumulator)
+    # Distributed: workers agree on when to checkpoint by counting minibatches (worker 0's
+    # clock sets the count at each epoch's end): none in the first epoch.
+    checkpoint_steps: int = 0
+
+    @classmethod
+    def start(cls, seed: int, device: torch.device, rank: int) -> _Progress:
+        # Separate streams, so that changing augmentation never changes the data order.
+        return cls(
+            order_state=torch.Generator().manual_seed(seed).get_state(),
+            aug_gen=torch.Generator(device=device).manual_seed(seed + 1 + (rank << 32)),
+        )
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, device: torch.device) -> _Progress:
+        aug_gen = torch.Generator(device=device)
+        aug_gen.set_state(ckpt["aug_state"].to(aug_gen.get_state().device))
+        return cls(
+            order_state=ckpt["order_state"],
+            aug_gen=aug_gen,
+            epoch=ckpt["epoch"],
+            next_batch=ckpt["next_batch"],
+            elapsed=ckpt["elapsed"],
+            rows=ckpt["rows"],
+            resumes=ckpt["resumes"] + 1,
+            # Over the empty accumulator: a checkpoint written before a counter existed resumes.
+            epoch_acc=_new_epoch_accumulator() | ckpt["epoch_acc"],
+        )
+
+    def to_checkpoint(self) -> dict:
+        """The checkpoint's progress entries (a distributed run adds its workers' own)."""
+        return {
+            "order_state": self.order_state,
+            "aug_state": self.aug_gen.get_state().cpu(),
+            "epoch": self.epoch,
+            "next_batch": self.next_batch,
+            "elapsed": self.elapsed,
+            "rows": self.rows,
+            "epoch_acc": self.epoch_acc,
+            "resumes": self.resumes,
+        }
+
+    @property
+    def stats(self) -> StepStats:
+        return StepStats(self.epoch_acc["stats"])
+
+    def count_update(self, loss: float, correct: int, seen: int, minibatches: int) -> None:
+        acc = self.epoch_acc
+        acc["loss"] += loss * seen
+        acc["correct"] += correct
+        acc["seen"] += seen
+        acc["updates"] += 1
+        self.next_batch += minibatches
+
+    def finish_epoch(self, row: dict, next_order_state: torch.Tensor) -> None:
+        """Keep the finished epoch's row and seconds; stand at the next epoch's start."""
+        self.rows.append(row)
+        self.elapsed += self.epoch_acc["seconds"]
+        self.epoch, self.next_batch = self.epoch + 1, 0
+        self.epoch_acc = _new_epoch_accumulator()
+        self.order_state = next_order_state
+
+
+def _finished_record(cfg: TrainConfig, out: Path) -> dict:
+    """The record of a run that has ended, asked for again with the same settings."""
+    record = _read_record(out / RUN_JSON)
+    _check_same_run(cfg, record.get("config", {}), out / RUN_JSON)
+    log.info("%s already finished; nothing to do", out)
+    return record
+
+
+def _load_data(cfg: TrainConfig, device: torch.device) -> Splits:
+    """The data set with its training and validation sets on the device (the test set
+    moves there only at the end, for the final scores)."""
     data = load_dataset(cfg.dataset, cfg.data_dir)
     train_x, train_y = data.train_x, data.train_y
     if cfg.train_limit:
@@ -223,18 +392,21 @@ def _train(cfg: TrainConfig, out: Path, group) -> dict:
         keep = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))
         keep = keep[: cfg.train_limit]
         train_x, train_y = train_x[keep], train_y[keep]
-    train_x, train_y = train_x.to(device), train_y.to(device)
-    val_x, val_y = data.val_x.to(device), data.val_y.to(device)
+    return dataclasses.replace(
+        data,
+        train_x=train_x.to(device),
+        train_y=train_y.to(device),
+        val_x=data.val_x.to(device),
+        val_y=data.val_y.to(device),
+    )
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, tuple(train_x.shape[1:]), init=cfg.init).to(device)
-    num_params = count_params(model)
 
-    schedule = phases(cfg)
-    optimizers = [
-        _distributed_optimizer(model, cfg, group)
-        if group is not None
-        else build_optimizer(
+def _build_optimizers(model, schedule: list[Phase], cfg: TrainConfig, group) -> list:
+    """One optimiser per phase (two when switching); distributed RBD's in a distributed run."""
+    if group is not None:
+        return [_distributed_optimizer(model, cfg, group) for _ in schedule]
+    return [
+        build_optimizer(
             p.method,
             model.parameters(),
             lr=p.lr,
@@ -246,177 +418,233 @@ def _train(cfg: TrainConfig, out: Path, group) -> dict:
         )
         for p in schedule
     ]
-    augmentation = Augmentation(cfg.dataset) if cfg.augment else None
-    # Separate streams, so that changing augmentation never changes the data order.
-    order_gen = torch.Generator().manual_seed(cfg.seed)
-    # Each worker augments its own images with its own stream.
-    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + (rank << 32))
 
-    rows: list[dict] = []
-    epoch, next_batch, elapsed, resumes = 0, 0, 0.0, 0
-    epoch_acc = _new_epoch_accumulator()
-    order_state = order_gen.get_state()
-    ckpt_path = out / CHECKPOINT
-    # Workers agree on when to checkpoint by counting steps (worker 0's clock
-    # sets the count at each epoch's end): none in the first epoch.
-    checkpoint_steps = 0
-    ckpt = _read_checkpoint(ckpt_path)
-    if ckpt is not None:
-        _check_same_run(cfg, ckpt.get("spec", {}), ckpt_path)
-        model.load_state_dict(ckpt["model"])
-        for opt, state in zip(optimizers, ckpt["optimizers"], strict=True):
-            opt.load_state_dict(state)
-        order_state = ckpt["order_state"]
-        aug_gen.set_state(ckpt["aug_state"].to(aug_gen.get_state().device))
-        epoch, next_batch, elapsed = ckpt["epoch"], ckpt["next_batch"], ckpt["elapsed"]
-        rows, resumes = ckpt["rows"], ckpt["resumes"] + 1
-        # Over the empty accumulator: a checkpoint written before a counter existed resumes.
-        epoch_acc = _new_epoch_accumulator() | ckpt["epoch_acc"]
-        if group is not None:
-            aug_gen.set_state(ckpt["aug_states"][rank].to(aug_gen.get_state().device))
-            loss_sum, correct, seen = ckpt["worker_acc"][rank].tolist()
-            epoch_acc |= {"loss": loss_sum, "correct": int(correct), "seen": int(seen)}
-            checkpoint_steps = ckpt["checkpoint_steps"]
-        log.info("resumed %s at epoch %d, batch %d", out, epoch + 1, next_batch)
 
-    def checkpoint() -> None:
-        extra = {}
-        if group is not None:  # every worker's own streams and sums; worker 0 writes
-            acc = [epoch_acc["loss"], epoch_acc["correct"], epoch_acc["seen"]]
-            extra = {
-                # One tensor per worker, each its own storage: set_state
-                # ignores a view's storage offset.
-                "aug_states": [s.clone() for s in group.all_gather(aug_gen.get_state()).cpu()],
-                "worker_acc": [s.clone() for s in group.all_gather(torch.tensor(acc).double())],
-                "checkpoint_steps": checkpoint_steps,
-            }
-            if not group.is_main:
-                return
-        save_torch(
-            ckpt_path,
-            {
-                **extra,
-                "spec": dataclasses.asdict(cfg.spec),
-                "model": model.state_dict(),
-                "optimizers": [opt.state_dict() for opt in optimizers],
-                "order_state": order_state,
-                "aug_state": aug_gen.get_state().cpu(),
-                "epoch": epoch,
-                "next_batch": next_batch,
-                "elapsed": elapsed,
-                "rows": rows,
-                "epoch_acc": epoch_acc,
-                "resumes": resumes,
-            },
+def _resume(setup: _Setup) -> _Progress:
+    """The progress saved in checkpoint.pt, with the model and optimisers loaded from it;
+    the start of the run when there is none."""
+    path = setup.out / CHECKPOINT
+    ckpt = _read_checkpoint(path)
+    if ckpt is None:
+        return _Progress.start(setup.cfg.seed, setup.device, setup.rank)
+    _check_same_run(setup.cfg, ckpt.get("spec", {}), path)
+    setup.model.load_state_dict(ckpt["model"])
+    for opt, state in zip(setup.optimizers, ckpt["optimizers"], strict=True):
+        opt.load_state_dict(state)
+    progress = _Progress.from_checkpoint(ckpt, setup.device)
+    if setup.group is not None:
+        _resume_worker(progress, ckpt, setup.rank)
+    log.info("resumed %s at epoch %d, batch %d", setup.out, progress.epoch + 1, progress.next_batch)
+    return progress
+
+
+def _resume_worker(progress: _Progress, ckpt: dict, rank: int) -> None:
+    """A distributed worker takes back its own augmentation stream and epoch sums."""
+    progress.aug_gen.set_state(ckpt["aug_states"][rank].to(progress.aug_gen.get_state().device))
+    loss_sum, correct, seen = ckpt["worker_acc"][rank].tolist()
+    progress.epoch_acc |= {"loss": loss_sum, "correct": int(correct), "seen": int(seen)}
+    progress.checkpoint_steps = ckpt["checkpoint_steps"]
+
+
+def _save_checkpoint(setup: _Setup, progress: _Progress) -> None:
+    """Write checkpoint.pt. Distributed: every worker must call it (its own streams and sums
+    are gathered); worker 0 writes."""
+    workers = {}
+    if setup.group is not None:
+        workers = _worker_states(setup.group, progress)
+        if not setup.group.is_main:
+            return
+    save_torch(
+        setup.out / CHECKPOINT,
+        {
+            **workers,
+            "spec": dataclasses.asdict(setup.cfg.spec),
+            "model": setup.model.state_dict(),
+            "optimizers": [opt.state_dict() for opt in setup.optimizers],
+            **progress.to_checkpoint(),
+        },
+    )
+
+
+def _worker_states(group: Group, progress: _Progress) -> dict:
+    """Every worker's augmentation stream and epoch sums, gathered, and the step count."""
+    acc = progress.epoch_acc
+    sums = [acc["loss"], acc["correct"], acc["seen"]]
+    return {
+        # One tensor per worker, each its own storage: set_state ignores a view's storage offset.
+        "aug_states": [s.clone() for s in group.all_gather(progress.aug_gen.get_state()).cpu()],
+        "worker_acc": [s.clone() for s in group.all_gather(torch.tensor(sums).double())],
+        "checkpoint_steps": progress.checkpoint_steps,
+    }
+
+
+class _Checkpoints:
+    """When to write checkpoint.pt within an epoch: every `checkpoint_minutes` by this
+    process's clock; distributed, every `progress.checkpoint_steps` minibatches, a count all
+    workers share (the clocks of separate processes would disagree)."""
+
+    def __init__(self, setup: _Setup):
+        self.setup = setup
+        self.every_s = setup.cfg.checkpoint_minutes * 60.0
+        self.last = time.monotonic()
+
+    def due(self, progress: _Progress) -> bool:
+        if self.setup.group is None:
+            return time.monotonic() - self.last > self.every_s
+        steps = progress.checkpoint_steps
+        return bool(steps) and progress.next_batch % steps == 0
+
+    def save(self, progress: _Progress) -> None:
+        _save_checkpoint(self.setup, progress)
+        self.last = time.monotonic()
+
+    def set_steps(self, progress: _Progress) -> None:
+        """Distributed: the minibatches per interval at the pace of the epoch just ended."""
+        seconds = progress.epoch_acc["seconds"]
+        progress.checkpoint_steps = max(
+            1, int(self.every_s * self.setup.num_batches / max(seconds, 1e-9))
         )
 
-    status = STATUS_DONE
-    n_train = len(train_x)
-    global_batch = cfg.batch_size * world
-    num_batches = math.ceil(n_train / global_batch)
-    checkpoint_every = cfg.checkpoint_minutes * 60.0
-    last_checkpoint = time.monotonic()
-    model.train()
-    while epoch < cfg.epochs and status == STATUS_DONE:
-        phase_index = next(i for i, p in enumerate(schedule) if p.end_epoch > epoch)
-        phase, optimizer = schedule[phase_index], optimizers[phase_index]
-        order_gen.set_state(order_state)
-        permutation = torch.randperm(n_train, generator=order_gen).to(device)
-        epoch_start = time.monotonic()
-        stats = StepStats(epoch_acc["stats"])
-        bar = _progress(num_batches, next_batch, f"epoch {epoch + 1}/{cfg.epochs}", rank)
-        # Minibatches per update: NES with offspring batches spends one per offspring
-        # (the epoch's last update takes what is left of it), every other method one.
-        offspring_batches = phase.method == "nes" and cfg.nes_batches == "offspring"
-        per_update = cfg.dim if offspring_batches else 1
-        while next_batch < num_batches:
-            step_start = time.perf_counter()
-            count = min(per_update, num_batches - next_batch)
-            batches = []
-            for b in range(next_batch, next_batch + count):
-                idx = permutation[b * global_batch : (b + 1) * global_batch]
-                if group is not None:
-                    idx = group.shard(idx)
-                x, y = train_x[idx], train_y[idx]
-                if augmentation is not None:
-                    x = augmentation(x, aug_gen)
-                batches.append((preprocess(cfg.dataset, x), y))
-            if offspring_batches:
-                loss, correct, seen = _nes_offspring_step(model, optimizer, batches)
-            else:
-                ((x, y),) = batches
-                loss, logits = _train_step(model, optimizer, phase.method, x, y)
-                correct, seen = int((logits.argmax(1) == y).sum()), len(y)
-            if group is not None:
-                # All workers see the same gathered coordinates, hence agree.
-                loss = math.nan if optimizer.diverged else loss
-                stats.add(_step_times(optimizer.stats, time.perf_counter() - step_start))
-            if not math.isfinite(loss) or loss > cfg.divergence_loss:
-                status = STATUS_DIVERGED
-                log.warning("diverged at epoch %d batch %d: loss %s", epoch + 1, next_batch, loss)
-                break
-            stats.add(getattr(optimizer, "stats", {}))
-            epoch_acc["loss"] += loss * seen
-            epoch_acc["correct"] += correct
-            epoch_acc["seen"] += seen
-            epoch_acc["updates"] += 1
-            next_batch += count
-            if bar is not None:
-                bar.update(count)
-            if (
-                time.monotonic() - last_checkpoint > checkpoint_every
-                if group is None
-                else checkpoint_steps and next_batch % checkpoint_steps == 0
-            ):
-                epoch_acc["seconds"] += time.monotonic() - epoch_start
-                epoch_start = time.monotonic()
-                checkpoint()
-                last_checkpoint = time.monotonic()
-        if bar is not None:
-            bar.close()
-        if status != STATUS_DONE:
-            break
-        seconds = epoch_acc["seconds"] + time.monotonic() - epoch_start
-        if group is not None:
-            group.sync_buffers(model)
-            group.check_identical(model, epoch + 1)
-            # Totals over workers; worker 0's clock.
-            acc = [epoch_acc["loss"], epoch_acc["correct"], epoch_acc["seen"], seconds]
-            sums = group.all_gather(torch.tensor(acc, dtype=torch.float64, device=device))
-            loss_sum, correct, seen_all = sums[:, :3].sum(0).tolist()
-            epoch_acc |= {"loss": loss_sum, "correct": correct, "seen": seen_all}
-            seconds = float(sums[0, 3])
-            checkpoint_steps = max(1, int(checkpoint_every * num_batches / max(seconds, 1e-9)))
-        elapsed += seconds
-        val_loss, val_acc = evaluate(model, val_x, val_y, cfg.dataset, cfg.eval_batch_size)
-        seen = max(epoch_acc["seen"], 1)
-        row = {
-            "epoch": epoch + 1,
-            "method": phase.method,
-            "train_loss": epoch_acc["loss"] / seen,
-            "train_acc": 100.0 * epoch_acc["correct"] / seen,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "updates": epoch_acc["updates"],
-            **stats.summary(SUMMARISED_STATS),
-            "seconds": seconds,
-            "images_per_s": seen / seconds if seconds > 0 else math.nan,
-        }
-        if group is not None:
-            row |= _distributed_columns(optimizer, stats, world, num_params)
-        if not math.isfinite(val_loss):
-            status = STATUS_DIVERGED
-        rows.append(row)
-        if rank == 0:
-            _log_epoch(row, cfg.epochs)
-        epoch, next_batch = epoch + 1, 0
-        epoch_acc = _new_epoch_accumulator()
-        order_state = order_gen.get_state()
-        checkpoint()
-        last_checkpoint = time.monotonic()
 
+def _phase_of_epoch(setup: _Setup, epoch: int) -> tuple[Phase, torch.optim.Optimizer]:
+    """The phase an epoch belongs to (switching: SGD's or the method's) and its optimiser."""
+    i = next(i for i, p in enumerate(setup.schedule) if p.end_epoch > epoch)
+    return setup.schedule[i], setup.optimizers[i]
+
+
+def _epoch_order(setup: _Setup, order_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The epoch's order of the training images, drawn from the order stream at
+    `order_state`, and the stream's state after it (the next epoch's start)."""
+    order_gen = torch.Generator()
+    order_gen.set_state(order_state)
+    permutation = torch.randperm(len(setup.data.train_x), generator=order_gen)
+    return permutation.to(setup.device), order_gen.get_state()
+
+
+def _train_epoch(
+    setup: _Setup,
+    progress: _Progress,
+    phase: Phase,
+    optimizer,
+    permutation: torch.Tensor,
+    checkpoints: _Checkpoints,
+) -> str:
+    """Train the rest of the epoch, from `progress.next_batch`, with checkpoints when due.
+    STATUS_DIVERGED as soon as a loss blows up; else STATUS_DONE, with the epoch's seconds
+    in its accumulator."""
+    cfg, acc, stats = setup.cfg, progress.epoch_acc, progress.stats
+    offspring = _offspring_batches(cfg, phase)
+    per_update = cfg.dim if offspring else 1
+    label = f"epoch {progress.epoch + 1}/{cfg.epochs}"
+    bar = _progress(setup.num_batches, progress.next_batch, label, setup.rank)
+    status = STATUS_DONE
+    epoch_start = time.monotonic()
+    while progress.next_batch < setup.num_batches:
+        step_start = time.perf_counter()
+        count = min(per_update, setup.num_batches - progress.next_batch)
+        batches = _minibatches(setup, permutation, progress.next_batch, count, progress.aug_gen)
+        loss, correct, seen = _update(setup.model, optimizer, phase.method, batches, offspring)
+        if setup.group is not None:
+            # All workers see the same gathered coordinates, hence agree.
+            loss = math.nan if optimizer.diverged else loss
+            stats.add(_step_times(optimizer.stats, time.perf_counter() - step_start))
+        if not math.isfinite(loss) or loss > cfg.divergence_loss:
+            status = STATUS_DIVERGED
+            log.warning(
+                "diverged at epoch %d batch %d: loss %s",
+                progress.epoch + 1,
+                progress.next_batch,
+                loss,
+            )
+            break
+        stats.add(getattr(optimizer, "stats", {}))
+        progress.count_update(loss, correct, seen, count)
+        if bar is not None:
+            bar.update(count)
+        if checkpoints.due(progress):
+            acc["seconds"] += time.monotonic() - epoch_start
+            epoch_start = time.monotonic()
+            checkpoints.save(progress)
+    if bar is not None:
+        bar.close()
+    acc["seconds"] += time.monotonic() - epoch_start
+    return status
+
+
+def _offspring_batches(cfg: TrainConfig, phase: Phase) -> bool:
+    """Whether an update spends a minibatch per offspring (NES with offspring batches, the
+    epoch's last update taking what is left of it) rather than one minibatch."""
+    return phase.method == "nes" and cfg.nes_batches == "offspring"
+
+
+def _minibatches(
+    setup: _Setup, permutation: torch.Tensor, first: int, count: int, aug_gen: torch.Generator
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The epoch's minibatches first..first+count-1 as this process trains them: its share
+    of each global batch (distributed), augmented from its own stream, preprocessed."""
+    batches = []
+    for b in range(first, first + count):
+        idx = permutation[b * setup.global_batch : (b + 1) * setup.global_batch]
+        if setup.group is not None:
+            idx = setup.group.shard(idx)
+        x, y = setup.data.train_x[idx], setup.data.train_y[idx]
+        if setup.augmentation is not None:
+            x = setup.augmentation(x, aug_gen)
+        batches.append((preprocess(setup.cfg.dataset, x), y))
+    return batches
+
+
+def _update(model, optimizer, method: str, batches, offspring: bool) -> tuple[float, int, int]:
+    """One optimiser update; its loss, and the correct answers and images it was scored on."""
+    if offspring:
+        return _nes_offspring_step(model, optimizer, batches)
+    ((x, y),) = batches
+    loss, logits = _train_step(model, optimizer, method, x, y)
+    return loss, int((logits.argmax(1) == y).sum()), len(y)
+
+
+def _epoch_totals_over_workers(setup: _Setup, progress: _Progress) -> None:
+    """A distributed epoch's end: batch norm's buffers made equal and the parameters checked
+    equal on every worker; the epoch's sums totalled over workers, its seconds worker 0's."""
+    group, acc = setup.group, progress.epoch_acc
+    group.sync_buffers(setup.model)
+    group.check_identical(setup.model, progress.epoch + 1)
+    mine = [acc["loss"], acc["correct"], acc["seen"], acc["seconds"]]
+    sums = group.all_gather(torch.tensor(mine, dtype=torch.float64, device=setup.device))
+    loss_sum, correct, seen = sums[:, :3].sum(0).tolist()
+    acc |= {"loss": loss_sum, "correct": correct, "seen": seen, "seconds": float(sums[0, 3])}
+
+
+def _epoch_row(setup: _Setup, progress: _Progress, phase: Phase, optimizer) -> dict:
+    """The finished epoch's row of metrics.csv, with its validation scores."""
+    cfg, acc, data = setup.cfg, progress.epoch_acc, setup.data
+    val_loss, val_acc = evaluate(
+        setup.model, data.val_x, data.val_y, cfg.dataset, cfg.eval_batch_size
+    )
+    seen, seconds = max(acc["seen"], 1), acc["seconds"]
+    stats = progress.stats
+    row = {
+        "epoch": progress.epoch + 1,
+        "method": phase.method,
+        "train_loss": acc["loss"] / seen,
+        "train_acc": 100.0 * acc["correct"] / seen,
+        "val_loss": val_loss,
+        "val_acc": val_acc,
+        "updates": acc["updates"],
+        **stats.summary(SUMMARISED_STATS),
+        "seconds": seconds,
+        "images_per_s": seen / seconds if seconds > 0 else math.nan,
+    }
+    if setup.group is not None:
+        row |= _distributed_columns(optimizer, stats, setup.world, setup.num_params)
+    return row
+
+
+def _final_record(setup: _Setup, progress: _Progress, status: str) -> dict:
+    """run.json's record (without the test scores, which worker 0 adds)."""
+    cfg, device, num_params = setup.cfg, setup.device, setup.num_params
     # SGD trains every parameter: D coordinates, compression 1.
-    num_coordinates = int(getattr(optimizers[-1], "num_coordinates", num_params))
+    num_coordinates = int(getattr(setup.optimizers[-1], "num_coordinates", num_params))
     record = {
         "run_key": cfg.spec.key,
         "config": dataclasses.asdict(cfg),
@@ -428,37 +656,36 @@ def _train(cfg: TrainConfig, out: Path, group) -> dict:
         "num_coordinates": num_coordinates,
         "compression": num_params / num_coordinates,
         "status": status,
-        "epochs_completed": len(rows),
-        "final_val_acc": rows[-1]["val_acc"] if rows else None,
-        "seconds": elapsed,
-        "resumes": resumes,
+        "epochs_completed": len(progress.rows),
+        "final_val_acc": progress.rows[-1]["val_acc"] if progress.rows else None,
+        "seconds": progress.elapsed,
+        "resumes": progress.resumes,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "threads": torch.get_num_threads(),
         "versions": library_versions(),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    if group is not None:
+    if setup.group is not None:
         record |= {
-            "workers": world,
-            "bytes_per_step": optimizers[-1].bytes_per_step,
+            "workers": setup.world,
+            "bytes_per_step": setup.optimizers[-1].bytes_per_step,
             "sgd_bytes_per_step": 4 * num_params,
         }
-        if not group.is_main:
-            return record
-    if status == STATUS_DONE and data.test_x is not None:
-        test_loss, test_acc = evaluate(
-            model,
-            data.test_x.to(device),
-            data.test_y.to(device),
-            cfg.dataset,
-            cfg.eval_batch_size,
-        )
-        record |= {"test_loss": test_loss, "test_acc": test_acc}
-    write_text(out / METRICS, _metrics_csv(rows))
-    write_json(out / RUN_JSON, record)
-    ckpt_path.unlink(missing_ok=True)
     return record
+
+
+def _test_scores(setup: _Setup) -> dict:
+    """The test set's scores: measured once, when a run has ended without diverging."""
+    cfg, data, device = setup.cfg, setup.data, setup.device
+    test_loss, test_acc = evaluate(
+        setup.model,
+        data.test_x.to(device),
+        data.test_y.to(device),
+        cfg.dataset,
+        cfg.eval_batch_size,
+    )
+    return {"test_loss": test_loss, "test_acc": test_acc}
 
 
 def check_settings(cfg: TrainConfig) -> None:
@@ -580,10 +807,6 @@ def _distributed_columns(optimizer, stats: StepStats, world: int, num_params: in
         "sgd_bytes_per_step": 4 * num_params,
         **{name: means[f"{name}_mean"] for name in TIMING_COLUMNS},
     }
-
-
-def _new_epoch_accumulator() -> dict:
-    return {"loss": 0.0, "correct": 0, "seen": 0, "updates": 0, "seconds": 0.0, "stats": {}}
 
 
 @contextmanager
