@@ -447,4 +447,7 @@ def test_listing_of_documented_commands(capsys):
         blocks = [text for doc in DOCS for text in NOT_COMMANDS.get(doc, [])]
         print(f"  other code blocks ({len(blocks)}): " + "; ".join(blocks))
     assert all(": " in cmd.how for cmd in skipped)  # every skip names its reason
-    assert len(skipped) <= 2, [c.text for c in skipped]  # only the conda lines
+    # Only the conda lines, and the local-data install where ../shared/data is absent
+    # (a clone without the verification data skips it, with the reason printed).
+    allowed = [c for c in skipped if c.text.startswith("conda ") or "both absent" in c.how]
+    assert allowed == skipped, [c.text for c in skipped]
