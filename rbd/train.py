@@ -218,7 +218,7 @@ def _train(cfg: TrainConfig, out: Path, group: Group | None) -> dict:
     check_settings(cfg)
     data = _load_data(cfg, device)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, tuple(data.train_x.shape[1:]), init=cfg.init).to(device)
+    model = _on_device(build_model(cfg.model, tuple(data.train_x.shape[1:]), init=cfg.init), device)
     schedule = phases(cfg)
     optimizers = _build_optimizers(model, schedule, cfg, group)
     augmentation = Augmentation(cfg.dataset) if cfg.augment else None
@@ -399,6 +399,17 @@ def _load_data(cfg: TrainConfig, device: torch.device) -> Splits:
         val_x=data.val_x.to(device),
         val_y=data.val_y.to(device),
     )
+
+
+def _on_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` on ``device``; on a CPU, convolutional models in the channels-last memory
+    format: oneDNN's pooling and convolution kernels for it make a CNN step 30 % faster
+    (max-pooling alone 16x). Only the layout changes: the optimisers flatten parameters
+    and gradients in their logical order, so a run's values differ by rounding only."""
+    model = model.to(device)
+    if device.type == "cpu" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def _build_optimizers(model, schedule: list[Phase], cfg: TrainConfig, group) -> list:
