@@ -40,17 +40,19 @@ rule all:
 
 
 onstart:
-    write_train_launcher()
+    write_train_launcher(warm_socket=start_warm_start())
     print(
         f"rbd: preset {config['preset']!r}, {len(ALL_RUNS)} training runs in the plan"
     )
 
 
 onsuccess:
+    stop_warm_start()
     print("rbd: done. Tables in results/tables/ and figures/; figures in figures/")
 
 
 onerror:
+    stop_warm_start()
     from rbd.workflow import failed_job_logs
 
     failed = failed_job_logs("logs", since=WORKFLOW_START)

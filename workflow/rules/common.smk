@@ -18,6 +18,7 @@ from rbd.cost import runtime_minutes
 from rbd.io import write_text
 from rbd.tables import rst_escape
 from rbd.runs import parse_run_key
+from rbd.warm import start_server, stop_server
 from rbd.workflow import import_package_from
 
 try:
@@ -93,14 +94,20 @@ def train_args(run):
 # finished job whose params changed, and none of these may retrain a finished run.
 # Every setting that changes a result is in the run key, hence in the output path.
 TRAIN_LAUNCHER = ".snakemake/rbd/train.sh"
+# config warm_start (rbd/warm.py): local jobs fork from one process that imported
+# PyTorch once, through this socket (relative: jobs run in the working directory).
+WARM_SOCKET = ".snakemake/rbd/warm.sock"
+WARM_LOG = "logs/warm_start.log"
+_WARM_SERVER = []
 
 
-def write_train_launcher(path=TRAIN_LAUNCHER):
+def write_train_launcher(path=TRAIN_LAUNCHER, warm_socket=None):
+    entry = ["rbd.warm", "run", "--socket", warm_socket] if warm_socket else ["rbd"]
     command = shlex.join(
         [
             *shlex.split(PYTHON),
             "-m",
-            "rbd",
+            *entry,
             "train",
             "--data-dir",
             DATA_DIR,
@@ -118,6 +125,25 @@ def write_train_launcher(path=TRAIN_LAUNCHER):
         Path(path),
         f'#!/bin/sh\n# Written by the workflow at start.\nexec {command} "$@"\n',
     )
+
+
+def start_warm_start():
+    """WARM_SOCKET once a warm-start server listens there, else None: only with config
+    warm_start, the local executor (a cluster job runs elsewhere) and no conda (the
+    jobs' interpreter is the one running Snakemake)."""
+    if not config.get("warm_start", False) or not workflow.local_exec or _USE_CONDA:
+        return None
+    server, problem = start_server(WARM_SOCKET, WARM_LOG)
+    if server is None:
+        print(f"rbd: warm start off ({problem}); every job imports PyTorch itself")
+        return None
+    _WARM_SERVER.append(server)
+    return WARM_SOCKET
+
+
+def stop_warm_start():
+    while _WARM_SERVER:
+        stop_server(_WARM_SERVER.pop())
 
 
 # Written here only when missing, and again by `onstart` (Snakefile), which real runs
