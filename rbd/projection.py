@@ -64,6 +64,7 @@ per block whatever the number of rows, never materialising a row.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -171,16 +172,29 @@ def _fmix64_(z: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
 
 
 class _Scratch:
-    """A worker's chunk buffers: ``rows`` float32 [k, W] values, their words, temps."""
+    """A worker's chunk buffers: ``rows`` float32 [k, W] values; the eager path's words,
+    temps and indices are allocated on first use (the compiled kernels need none)."""
 
     def __init__(self, rows: int, width: int, device: torch.device):
         self.block = torch.empty(rows, width, dtype=torch.float32, device=device)
-        # Words for the widest use (uniform: two values per word).
-        self.words = torch.empty(rows * width // 2, dtype=torch.int64, device=device)
-        self.temp = torch.empty(rows * width // 2, dtype=torch.int64, device=device)
-        self.shifts = torch.arange(31, -1, -1, dtype=torch.int32, device=device)
-        self.index = torch.empty(rows, width, dtype=torch.int32, device=device)
         self.quantiles = normal_quantile_table(device)
+
+    @functools.cached_property
+    def words(self) -> torch.Tensor:
+        # Words for the widest use (uniform: two values per word).
+        return torch.empty(self.block.numel() // 2, dtype=torch.int64, device=self.block.device)
+
+    @functools.cached_property
+    def temp(self) -> torch.Tensor:
+        return torch.empty_like(self.words)
+
+    @functools.cached_property
+    def shifts(self) -> torch.Tensor:
+        return torch.arange(31, -1, -1, dtype=torch.int32, device=self.block.device)
+
+    @functools.cached_property
+    def index(self) -> torch.Tensor:
+        return torch.empty(self.block.shape, dtype=torch.int32, device=self.block.device)
 
 
 QUANTILE_BITS = 16
