@@ -120,6 +120,11 @@ def test_table1_through_slurm_equals_local(cluster, tmp_path):
 
     jobs = cluster.run("squeue", "--states=all", "-h", "-o", "%i %T").stdout.split("\n")
     assert sum(" COMPLETED" in line for line in jobs) >= 4, f"SLURM ran too few jobs: {jobs}"
+    # The quick preset's warm starts serve local jobs only: SLURM's start cold, in their
+    # own allocation (so the equal tables below also compare warm against cold).
+    launcher = ".snakemake/rbd/train.sh"
+    assert "rbd.warm run" in (tmp_path / "local" / launcher).read_text()
+    assert "rbd.warm" not in (tmp_path / "slurm" / launcher).read_text()
     tables = {
         name: pd.read_csv(tmp_path / name / "results/tables/table1.csv")
         .sort_values(["method", "model", "dataset"])
