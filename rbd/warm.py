@@ -62,11 +62,17 @@ def run(socket_path: str, argv: list[str]) -> int:
         _cold_start(argv)
     request = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}
     with conn:
-        socket.send_fds(conn, [json.dumps(request).encode()], list(STREAMS))
-        started = _reply(conn)
+        try:
+            socket.send_fds(conn, [json.dumps(request).encode()], list(STREAMS))
+            started = _reply(conn)
+        except OSError:
+            started = {}
         if "error" in started:
             print(f"rbd: warm start refused: {started['error']}", file=sys.stderr)
             return 2
+        if "pid" not in started:  # the server went away before starting the training
+            conn.close()
+            _cold_start(argv)
         pid = started["pid"]
         for sig in FORWARDED_SIGNALS:
             signal.signal(sig, lambda signum, frame: _signal(pid, signum))

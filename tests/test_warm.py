@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -115,6 +117,26 @@ def test_without_a_server_the_job_starts_cold(tmp_path):
     job = _warm(tmp_path / "absent.sock", *TRAIN, "--out", "cold", cwd=tmp_path)
     assert job.wait(timeout=300) == 0
     assert len(pd.read_csv(tmp_path / "cold/metrics.csv")) == 2
+
+
+def test_a_server_that_hangs_up_before_starting_means_a_cold_start(tmp_path):
+    sock = tmp_path / "w.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(str(sock))
+    listener.listen(1)
+
+    def hang_up():
+        conn, _ = listener.accept()
+        _, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    job = _warm(sock, *TRAIN, "--out", "cold", cwd=tmp_path)
+    assert job.wait(timeout=300) == 0
+    assert len(pd.read_csv(tmp_path / "cold/metrics.csv")) == 2
+    listener.close()
 
 
 def test_the_server_leaves_with_its_owner_and_removes_its_socket(tmp_path):
