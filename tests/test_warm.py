@@ -82,7 +82,7 @@ def test_a_warm_training_is_the_cold_training(server, tmp_path):
     assert warm.wait(timeout=300) == 0, warm.stderr.read()
     assert "epoch 2/2" in warm.stderr.read()  # the training's log reached the job's stream
     run_rbd(*TRAIN, "--out", tmp_path / "cold", check=True)
-    # the training ran in the server's child, not in the client
+    # (that warm jobs do run in the server's children: test_a_killed_job_stops_its_training)
     cold = pd.read_csv(tmp_path / "cold/metrics.csv").drop(columns=TIMING)
     warmed = pd.read_csv(tmp_path / "warm/metrics.csv").drop(columns=TIMING)
     pd.testing.assert_frame_equal(warmed, cold)
