@@ -58,10 +58,15 @@ def step_seconds(spec: RunSpec, device: str = "cpu") -> float:
     return seconds
 
 
+def training_seconds(spec: RunSpec, device: str = "cpu") -> float:
+    """Estimated seconds of training steps: epochs x steps per epoch x step time."""
+    steps = spec.epochs * math.ceil(TRAIN_IMAGES[spec.dataset] / spec.batch_size)
+    return steps * step_seconds(spec, device)
+
+
 def runtime_minutes(spec: RunSpec, device: str = "cpu", scale: float = 1.0, attempt: int = 1):
     """A wall-time limit for the run: attempt x (overhead + epochs x steps x step time x
     scale), in whole minutes. A job killed at its limit resumes from its checkpoint on the
     next attempt, which gets proportionally more."""
-    steps = spec.epochs * math.ceil(TRAIN_IMAGES[spec.dataset] / spec.batch_size)
-    minutes = steps * step_seconds(spec, device) * scale / 60
+    minutes = training_seconds(spec, device) * scale / 60
     return attempt * (OVERHEAD_MIN + math.ceil(minutes))

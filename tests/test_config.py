@@ -267,7 +267,7 @@ def test_equal_runs_of_two_experiments_have_one_key():
     assert {tuple(r.split("/")[2:4]) for r in shared} == {
         ("rbd", "d250_gaussian"), ("rbd", "d250_rademacher"), ("sgd", "d0_none")
     }  # fmt: skip
-    # fig_curves is table1's CNN runs, 10 epochs.
+    # fig_curves is table1's CNN runs.
     curves = {r.key for r in expand_experiment(QUICK, "fig_curves")}
     assert curves < {r.key for r in expand_experiment(QUICK, "table1")}
 

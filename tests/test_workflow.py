@@ -199,16 +199,40 @@ def test_quick_preset_default_target_plans_every_experiment_but_the_sweep(tmp_pa
         "-n", "--cores", "2", "--directory", tmp_path, f"--configfile={ROOT / 'config/quick.yaml'}"
     )
     jobs = planned_jobs(proc)
-    # table1 (2 models x 4 methods x 3 seeds, 10 epochs) + table2 (2 models x
+    # table1 (2 models x 4 methods x 3 seeds, 5 epochs) + table2 (2 models x
     # (4 distributions + SGD) x 2 seeds, 3 epochs) + table3's 2 factors x {RBD, FPD}
     # (cnn, 2 seeds) + fig_dims' 3 other dims x {RBD, FPD} and d = 250 FPD (fc, 2
     # seeds) + fig_switch's 4 switches (fc, 2 seeds); fig_curves reuses table1's
-    # CNN runs; fig_scaling's W = 1, 2 x 2 bases; fig_bases (fc, cnn, d = 250, 3
-    # seeds): 4 distributions x 3 seeds x 2 models less table2's Gaussian and
-    # Rademacher seeds 0, 1 (16), and SGD's seed 2 (2).
-    assert jobs["train"] == 24 + 20 + 8 + 14 + 8 + 4 + (16 + 2)
+    # CNN runs; fig_scaling's W = 1, 2 x 2 bases; fig_bases (fc, cnn, d = 250, 2
+    # seeds): SRHT and Fastfood x 2 seeds x 2 models (Gaussian, Rademacher and SGD
+    # are table2's runs).
+    assert jobs["train"] == 24 + 20 + 8 + 14 + 8 + 4 + 8
     assert jobs["aggregate_experiment"] == 8
     assert "download_data" not in jobs and "pick_learning_rates" not in jobs
+
+
+def test_longest_training_jobs_are_scheduled_first(tmp_path):
+    """Local runs end on few cores without one long job beside idle ones: a training
+    job's priority grows with its work (epochs x minibatches x (model + d x D))."""
+    proc = snakemake(
+        "-n", "--cores", "2", "--directory", tmp_path, f"--configfile={ROOT / 'config/quick.yaml'}"
+    )
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    blocks = re.findall(r"wildcards: run=(\S+)\n\s+priority: (\d+)", proc.stdout)
+    priority = {run: int(p) for run, p in blocks}
+    assert len(priority) == planned_jobs(proc)["train"]  # every training job has one
+
+    def of(model, method, dim, epochs):
+        return {p for run, p in priority.items() if run.startswith(f"mnist5k/{model}/{method}/d{dim}_")
+                and f"_e-{epochs}_" in run}  # fmt: skip
+
+    # The 5-epoch Table 1 runs of RBD and FPD come before any 3-epoch run of theirs,
+    # which come before SGD's; on one model a larger d comes first.
+    assert min(of("cnn", "rbd", 250, 5) | of("fc", "fpd", 250, 5)) > max(
+        of("cnn", "rbd", 250, 3) | of("fc", "rbd", 250, 3)
+    )
+    assert min(of("fc", "rbd", 250, 3)) > max(of("fc", "rbd", 100, 3)) > max(of("fc", "rbd", 10, 3))
+    assert min(of("fc", "rbd", 10, 3)) > max(of("fc", "sgd", 0, 3)) > 0
 
 
 def test_a_preset_by_name_takes_override_files_on_top(tmp_path):
@@ -222,9 +246,9 @@ def test_a_preset_by_name_takes_override_files_on_top(tmp_path):
     assert "download_data" not in jobs
     keys = set(re.findall(r"wildcards: run=(\S+)", proc.stdout))
     assert keys and all(k.startswith("mnist5k/") for k in keys)
-    # experiments with their own epochs keep them (table1 10, fig_scaling 2); the rest
+    # experiments with their own epochs keep them (table1 5, fig_scaling 2); the rest
     # take the override's 4 instead of the quick default 3, and seed 0 only
-    assert {re.search(r"_e-(\d+)_", k)[1] for k in keys} == {"2", "4", "10"}
+    assert {re.search(r"_e-(\d+)_", k)[1] for k in keys} == {"2", "4", "5"}
     uniform = [k for k in keys if "_uniform/" in k]  # table2's, on the default seeds
     assert uniform and all(k.endswith("/seed0") for k in uniform)
     proc = snakemake(*args, "--config", "preset=fast")

@@ -1,4 +1,5 @@
 # Config validation and the functions that turn config into file lists.
+import math
 import os
 import shlex
 import sys
@@ -14,7 +15,7 @@ from rbd.config import (
     in_default_target,
     validate_config,
 )
-from rbd.cost import runtime_minutes
+from rbd.cost import runtime_minutes, training_seconds
 from rbd.io import write_text
 from rbd.tables import rst_escape
 from rbd.runs import parse_run_key
@@ -174,6 +175,13 @@ def train_runtime(wildcards, attempt):
         scale=float(config.get("runtime_scale", 1.0)),
         attempt=attempt,
     )
+
+
+def train_priority(wildcards):
+    """Longest job first: rbd.cost's estimated seconds of training, so that a local run
+    on few cores does not end with one long job running beside idle ones."""
+    spec = parse_run_key(wildcards.run)
+    return math.ceil(training_seconds(spec, device=str(config.get("device", "auto"))))
 
 
 def train_mem_mb(wildcards):

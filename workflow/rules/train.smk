@@ -14,6 +14,7 @@ rule train:
     conda:
         "../envs/train.yaml"
     threads: train_threads
+    priority: train_priority
     resources:
         runtime=train_runtime,
         mem_mb=train_mem_mb,
