@@ -223,8 +223,8 @@ def test_longest_training_jobs_are_scheduled_first(tmp_path):
     assert len(priority) == planned_jobs(proc)["train"]  # every training job has one
 
     def of(model, method, dim, epochs):
-        return {p for run, p in priority.items() if run.startswith(f"mnist5k/{model}/{method}/d{dim}_")
-                and f"_e-{epochs}_" in run}  # fmt: skip
+        prefix = f"mnist5k/{model}/{method}/d{dim}_"
+        return {p for run, p in priority.items() if run.startswith(prefix) and f"_e-{epochs}_" in run}
 
     # The 5-epoch Table 1 runs of RBD and FPD come before any 3-epoch run of theirs,
     # which come before SGD's; on one model a larger d comes first.
