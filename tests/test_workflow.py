@@ -224,7 +224,9 @@ def test_longest_training_jobs_are_scheduled_first(tmp_path):
 
     def of(model, method, dim, epochs):
         prefix = f"mnist5k/{model}/{method}/d{dim}_"
-        return {p for run, p in priority.items() if run.startswith(prefix) and f"_e-{epochs}_" in run}
+        return {
+            p for run, p in priority.items() if run.startswith(prefix) and f"_e-{epochs}_" in run
+        }
 
     # The 5-epoch Table 1 runs of RBD and FPD come before any 3-epoch run of theirs,
     # which come before SGD's; on one model a larger d comes first.
