@@ -11,10 +11,10 @@ rule train:
         "logs/train/{run}.log",
     benchmark:
         "logs/benchmarks/train/{run}.tsv"
+    priority: train_priority
     conda:
         "../envs/train.yaml"
     threads: train_threads
-    priority: train_priority
     resources:
         runtime=train_runtime,
         mem_mb=train_mem_mb,
