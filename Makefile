@@ -1,7 +1,5 @@
 # The two quick-start commands (README): `make demo` and `make test`.
-# Both create or reuse .venv and install the project into it. --no-compile: Python
-# byte-compiles the modules a run imports on first use instead of all of PyTorch's at
-# install (the install 101 s -> 67 s here, the first `import torch` +1 s).
+# Both create or reuse .venv and install the project into it.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -17,7 +15,7 @@ $(STAMP): pyproject.toml
 		{ rm -rf $(VENV); $(PYTHON) -m pip install --user --quiet virtualenv && \
 		  $(PYTHON) -m virtualenv --quiet $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-compile -e '.[dev,workflow]'
+	$(PY) -m pip install --quiet -e '.[dev,workflow]'
 	@touch $@
 
 demo: $(STAMP)
