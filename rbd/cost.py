@@ -64,6 +64,19 @@ def training_seconds(spec: RunSpec, device: str = "cpu") -> float:
     return steps * step_seconds(spec, device)
 
 
+# Multi-process jobs go before every one-process job (see schedule_priority): a bound
+# no estimate of seconds reaches.
+PRIORITY_PER_EXTRA_WORKER = 10**9
+
+
+def schedule_priority(spec: RunSpec, device: str = "cpu") -> int:
+    """Snakemake priority of a training job on a local machine: a job of W > 1 processes
+    first (it needs W cores free at once, as they are at the start), then the longest
+    first, so that a run on few cores does not end with one long job beside idle ones."""
+    extra_workers = (spec.workers or 1) - 1
+    return extra_workers * PRIORITY_PER_EXTRA_WORKER + math.ceil(training_seconds(spec, device))
+
+
 def runtime_minutes(spec: RunSpec, device: str = "cpu", scale: float = 1.0, attempt: int = 1):
     """A wall-time limit for the run: attempt x (overhead + epochs x steps x step time x
     scale), in whole minutes. A job killed at its limit resumes from its checkpoint on the

@@ -54,11 +54,23 @@ def launch(cfg, out_dir) -> dict:
             args=(cfg, str(out_dir), os.path.join(rendezvous, "store"), logging.root.level),
             nprocs=cfg.workers,
             join=True,
-            start_method="spawn",
+            start_method=_start_method(cfg.device, cfg.threads),
         )
     finally:
         shutil.rmtree(rendezvous, ignore_errors=True)
     return json.loads((Path(out_dir) / RUN_JSON).read_text())
+
+
+def _start_method(device: str, threads: int | None) -> str:
+    """ "fork" for one-thread CPU workers where the platform has it: they start with
+    PyTorch already imported (a spawned worker spends seconds importing it again).
+    "spawn" otherwise: a forked child cannot use CUDA once the parent has touched it, and
+    hangs in its first multi-threaded op once the parent has run OpenMP threads."""
+    import multiprocessing
+
+    one_thread_cpu = resolve_device(device).type == "cpu" and threads == 1
+    can_fork = "fork" in multiprocessing.get_all_start_methods()
+    return "fork" if one_thread_cpu and can_fork else "spawn"
 
 
 def _worker_device(name: str, local_rank: int) -> torch.device:

@@ -238,8 +238,9 @@ def test_sgd_runs_drop_subspace_settings_and_are_shared():
     config["experiments"]["table1"] |= {"switches": ["none", "sgd_first:1"], "dims": [10, 50]}
     runs = expand_experiment(config, "table1")
     sgd = [r for r in runs if r.method == "sgd"]
-    # 2 models x table1's seeds, whatever the dims and switches.
-    assert len(sgd) == 2 * len(QUICK["experiments"]["table1"]["seeds"])
+    # 2 models x table1's seeds (the preset's default), whatever the dims and switches.
+    seeds = QUICK["experiments"]["table1"].get("seeds", QUICK["defaults"]["seeds"])
+    assert len(sgd) == 2 * len(seeds)
     assert {(r.dim, r.distribution, r.switch, r.sgd_lr) for r in sgd} == {(0, "none", "none", None)}
     switched = [r for r in runs if r.switch == "sgd_first:1"]
     assert switched and all(r.sgd_lr is not None for r in switched)

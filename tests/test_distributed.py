@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
+import os
+import signal
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -227,6 +231,37 @@ def test_two_workers_resume_mid_epoch_to_the_same_metrics(tmp_path):
     pd.testing.assert_frame_equal(
         _metrics(tmp_path / "cut"), _metrics(tmp_path / "whole"), check_exact=True
     )
+
+
+LAUNCH_AFTER_OPENMP = """
+import sys, torch
+from rbd.launch import launch
+from rbd.train import TrainConfig
+torch.set_num_threads(2)
+torch.ones(512, 512) @ torch.ones(512, 512)  # the parent's OpenMP threads exist
+cfg = TrainConfig(method="rbd", model="fc", dataset="mnist5k", dim=10, distribution="gaussian",
+                  lr=4.0, epochs=1, seed=0, train_limit=64, threads=THREADS, workers=2)
+print(launch(cfg, sys.argv[1])["status"])
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_workers_start_after_the_parent_ran_openmp_threads(tmp_path, threads):
+    """Local workers with one thread each are forked (no second import of PyTorch), with
+    more threads spawned: a forked child of a process that ran OpenMP threads hangs in
+    its first multi-threaded op (seen with fork for threads = 2)."""
+    script = LAUNCH_AFTER_OPENMP.replace("THREADS", str(threads))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "run")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its hung workers
+        proc.communicate()
+        pytest.fail(f"workers with {threads} thread(s) did not finish in 120 s (hung?)")
+    assert proc.returncode == 0 and out.split()[-1] == "done", err[-2000:]
 
 
 def test_cli_rejects_workers_for_other_methods(tmp_path):

@@ -199,14 +199,14 @@ def test_quick_preset_default_target_plans_every_experiment_but_the_sweep(tmp_pa
         "-n", "--cores", "2", "--directory", tmp_path, f"--configfile={ROOT / 'config/quick.yaml'}"
     )
     jobs = planned_jobs(proc)
-    # table1 (2 models x 4 methods x 3 seeds, 5 epochs) + table2 (2 models x
+    # table1 (2 models x 4 methods x 2 seeds, 5 epochs) + table2 (2 models x
     # (4 distributions + SGD) x 2 seeds, 3 epochs) + table3's 2 factors x {RBD, FPD}
     # (cnn, 2 seeds) + fig_dims' 3 other dims x {RBD, FPD} and d = 250 FPD (fc, 2
     # seeds) + fig_switch's 4 switches (fc, 2 seeds); fig_curves reuses table1's
     # CNN runs; fig_scaling's W = 1, 2 x 2 bases; fig_bases (fc, cnn, d = 250, 2
     # seeds): SRHT and Fastfood x 2 seeds x 2 models (Gaussian, Rademacher and SGD
     # are table2's runs).
-    assert jobs["train"] == 24 + 20 + 8 + 14 + 8 + 4 + 8
+    assert jobs["train"] == 16 + 20 + 8 + 14 + 8 + 4 + 8
     assert jobs["aggregate_experiment"] == 8
     assert "download_data" not in jobs and "pick_learning_rates" not in jobs
 
@@ -235,6 +235,9 @@ def test_longest_training_jobs_are_scheduled_first(tmp_path):
     )
     assert min(of("fc", "rbd", 250, 3)) > max(of("fc", "rbd", 100, 3)) > max(of("fc", "rbd", 10, 3))
     assert min(of("fc", "rbd", 10, 3)) > max(of("fc", "sgd", 0, 3)) > 0
+    # A job of W = 2 processes needs both cores at once: it goes before all of them.
+    multi = {p for run, p in priority.items() if "_w-2_" in run}
+    assert len(multi) and min(multi) > max(p for run, p in priority.items() if "_w-2_" not in run)
 
 
 def test_a_preset_by_name_takes_override_files_on_top(tmp_path):

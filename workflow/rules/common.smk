@@ -1,5 +1,4 @@
 # Config validation and the functions that turn config into file lists.
-import math
 import os
 import shlex
 import sys
@@ -15,7 +14,7 @@ from rbd.config import (
     in_default_target,
     validate_config,
 )
-from rbd.cost import runtime_minutes, training_seconds
+from rbd.cost import runtime_minutes, schedule_priority
 from rbd.io import write_text
 from rbd.tables import rst_escape
 from rbd.runs import parse_run_key
@@ -178,10 +177,9 @@ def train_runtime(wildcards, attempt):
 
 
 def train_priority(wildcards):
-    """Longest job first: rbd.cost's estimated seconds of training, so that a local run
-    on few cores does not end with one long job running beside idle ones."""
+    """Multi-process jobs first, then the longest (rbd.cost.schedule_priority)."""
     spec = parse_run_key(wildcards.run)
-    return math.ceil(training_seconds(spec, device=str(config.get("device", "auto"))))
+    return schedule_priority(spec, device=str(config.get("device", "auto")))
 
 
 def train_mem_mb(wildcards):
