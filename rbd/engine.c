@@ -44,10 +44,6 @@ static inline v16 signs(uint32_t half, v16u shifts, float shift) {
     return f - shift;
 }
 
-static inline float sign_value(const uint32_t *halves, int64_t j, float shift) {
-    return ((halves[j >> 5] >> (j & 31)) & 1u ? -1.0f : 1.0f) - shift;
-}
-
 /* Words [first, first + count) of the stream of seed. */
 static void words(uint64_t seed, int64_t first, int64_t count, uint64_t *restrict out) {
     for (int64_t k = 0; k < count; k++)
@@ -116,44 +112,97 @@ static float dot(const float *restrict a, const float *restrict b, int64_t n) {
     return s;
 }
 
+/* A sign value times x, exactly: x with its sign bit flipped where the value is -1 (the
+ * same bits as the product; Rademacher only, shift 0). */
+static inline v16 flip(v16 x, uint32_t half, v16u shifts) {
+    v16u u;
+    memcpy(&u, &x, 64);
+    u ^= (((v16u){0} + half) << shifts) & 0x80000000u;
+    memcpy(&x, &u, 64);
+    return x;
+}
+
+/* The 32 values of half h (of a tile's words `halves`, first half h0) times x0 and x1. */
+static inline void times(const uint32_t *halves, int64_t h, float shift, v16 x0, v16 x1,
+                         v16 *out0, v16 *out1) {
+    if (shift == 0.0f) {
+        *out0 = flip(x0, halves[h], SHIFT_LOW), *out1 = flip(x1, halves[h], SHIFT_HIGH);
+    } else {
+        *out0 = signs(halves[h], SHIFT_LOW, shift) * x0;
+        *out1 = signs(halves[h], SHIFT_HIGH, shift) * x1;
+    }
+}
+
+/* Value j of a row whose half j / 32 lies in `word` (the tail beyond the last full half). */
+static inline float tail_value(uint64_t word, int64_t j, float shift) {
+    return ((word >> (j & 63)) & 1u ? -1.0f : 1.0f) - shift;
+}
+
+#define TILE 64       /* halves (32 values each) per column tile: 8 KB of g or of the update */
+#define ROW_BATCH 128 /* rows whose coordinate accumulators are carried across tiles at once */
+
 /* rbd_project for the sign distributions: no row of floats, only its words (W / 64 of
- * them), expanded to 16 values at a time in registers, twice (for c, then the update). */
+ * them), expanded to 16 values at a time in registers. Column tiles keep g's and the
+ * update's tile in L1 while the rows pass over it (not the whole vectors, from L2, once
+ * per row): first the coordinates, each row's two vector accumulators carried from tile to
+ * tile so that its sum is taken in the order of one pass along the row; then the update,
+ * each entry receiving the rows' terms in row order. */
 static void project_signs(const int64_t *seeds, int64_t rows, int64_t size, float shift,
                           const float *g, float scale, int given, float *coords, float *update) {
-    int64_t count = (size + 63) / 64, full = size / 32;
-    uint64_t *buf = malloc((size_t)count * 8);
+    const int64_t full = size / 32;
+    uint64_t buf[TILE / 2];
     const uint32_t *halves = (const uint32_t *)buf;
-    for (int64_t i = 0; i < rows; i++) {
-        words((uint64_t)seeds[i], 0, count, buf);
-        float c;
-        if (given) {
-            c = coords[i];
-        } else {
-            v16 acc0 = {0}, acc1 = {0};
-            for (int64_t h = 0; h < full; h++) {
-                v16 g0, g1;
-                memcpy(&g0, g + 32 * h, 64), memcpy(&g1, g + 32 * h + 16, 64);
-                acc0 += signs(halves[h], SHIFT_LOW, shift) * g0;
-                acc1 += signs(halves[h], SHIFT_HIGH, shift) * g1;
+    for (int64_t r0 = 0; r0 < rows && !given; r0 += ROW_BATCH) {
+        const int64_t r1 = r0 + ROW_BATCH < rows ? r0 + ROW_BATCH : rows;
+        v16 acc[2 * ROW_BATCH] = {{0}};
+        for (int64_t h0 = 0; h0 < full; h0 += TILE) {
+            const int64_t n = h0 + TILE < full ? TILE : full - h0;
+            for (int64_t i = r0; i < r1; i++) {
+                words((uint64_t)seeds[i], h0 / 2, (n + 1) / 2, buf);
+                v16 acc0 = acc[2 * (i - r0)], acc1 = acc[2 * (i - r0) + 1];
+                for (int64_t h = 0; h < n; h++) {
+                    v16 g0, g1, p0, p1;
+                    memcpy(&g0, g + 32 * (h0 + h), 64), memcpy(&g1, g + 32 * (h0 + h) + 16, 64);
+                    times(halves, h, shift, g0, g1, &p0, &p1);
+                    acc0 += p0, acc1 += p1;
+                }
+                acc[2 * (i - r0)] = acc0, acc[2 * (i - r0) + 1] = acc1;
             }
-            v16 acc = acc0 + acc1;
-            c = 0.0f;
-            for (int t = 0; t < 16; t++) c += acc[t];
-            for (int64_t j = 32 * full; j < size; j++) c += sign_value(halves, j, shift) * g[j];
-            coords[i] = c = c * scale;
         }
-        if (update == NULL) continue;
-        const float a = c * scale;
-        for (int64_t h = 0; h < full; h++) {
-            v16 u0, u1;
-            memcpy(&u0, update + 32 * h, 64), memcpy(&u1, update + 32 * h + 16, 64);
-            u0 += a * signs(halves[h], SHIFT_LOW, shift);
-            u1 += a * signs(halves[h], SHIFT_HIGH, shift);
-            memcpy(update + 32 * h, &u0, 64), memcpy(update + 32 * h + 16, &u1, 64);
+        for (int64_t i = r0; i < r1; i++) {
+            const v16 sum = acc[2 * (i - r0)] + acc[2 * (i - r0) + 1];
+            float c = 0.0f;
+            for (int t = 0; t < 16; t++) c += sum[t];
+            if (32 * full < size) {
+                uint64_t word;
+                words((uint64_t)seeds[i], full / 2, 1, &word);
+                for (int64_t j = 32 * full; j < size; j++) c += tail_value(word, j, shift) * g[j];
+            }
+            coords[i] = c * scale;
         }
-        for (int64_t j = 32 * full; j < size; j++) update[j] += a * sign_value(halves, j, shift);
     }
-    free(buf);
+    if (update == NULL) return;
+    for (int64_t h0 = 0; h0 < full; h0 += TILE) {
+        const int64_t n = h0 + TILE < full ? TILE : full - h0;
+        v16 u[2 * TILE];
+        memcpy(u, update + 32 * h0, (size_t)n * 128);
+        for (int64_t i = 0; i < rows; i++) {
+            words((uint64_t)seeds[i], h0 / 2, (n + 1) / 2, buf);
+            const v16 a = (v16){0} + coords[i] * scale;
+            for (int64_t h = 0; h < n; h++) {
+                v16 p0, p1;
+                times(halves, h, shift, a, a, &p0, &p1);
+                u[2 * h] += p0, u[2 * h + 1] += p1;
+            }
+        }
+        memcpy(update + 32 * h0, u, (size_t)n * 128);
+    }
+    for (int64_t i = 0; i < rows && 32 * full < size; i++) {
+        uint64_t word;
+        words((uint64_t)seeds[i], full / 2, 1, &word);
+        const float a = coords[i] * scale;
+        for (int64_t j = 32 * full; j < size; j++) update[j] += a * tail_value(word, j, shift);
+    }
 }
 
 /* For each row i (seeds[i], size values): with given == 0, coords[i] = scale * <row, g>;

@@ -31,7 +31,7 @@ from rbd.projection import (
     project,
     step_seeds,
 )
-from rbd.step_stats import LazyStats, UpdateStats, per_tensor_cosines
+from rbd.step_stats import LazyStats, UpdateStats
 
 METHODS = ("sgd", "rbd", "fpd", "nes")
 # How RBD gets its coordinates c_i = <g, phi_i>: a backward pass and c = Phi g,
@@ -387,9 +387,7 @@ class _RandomBases(_SeededOptimizer):
                 offset += n
             self._record_update(group, update)
             group["step"] += 1
-            # float32 sums are accurate to ~1e-5 relative here, ample for a cosine.
-            stats.add_group(lr, torch.dot(update, g), torch.dot(update, update), torch.dot(g, g))
-            stats.add_cosines(per_tensor_cosines(update, g, [p.numel() for p in params]))
+            stats.add_update(lr, update, g, [p.numel() for p in params])
         self.stats = stats.lazy()
         return loss
 
@@ -538,12 +536,7 @@ class RBD(_RandomBases):
             group["step"] += 1
             if have_grads:
                 g = _flat([p.grad for p in group["params"]]).float()
-                stats.add_group(
-                    lr, torch.dot(update, g), torch.dot(update, update), torch.dot(g, g)
-                )
-                stats.add_cosines(
-                    per_tensor_cosines(update, g, [p.numel() for p in group["params"]])
-                )
+                stats.add_update(lr, update, g, [p.numel() for p in group["params"]])
         self.stats = stats.lazy()
         return loss
 

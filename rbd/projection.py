@@ -140,7 +140,16 @@ def direction_seed(seed: int, step: int, compartment: int, worker: int, index: i
 def step_seeds(seed: int, step: int, compartment: int, worker: int, dim: int) -> list[int]:
     """``[direction_seed(seed, step, compartment, worker, i) for i in range(dim)]``, faster."""
     prefix = _mix((seed, step, compartment, worker))
-    return [_splitmix64(prefix ^ i) >> 1 for i in range(dim)]
+    # _splitmix64(prefix ^ i) >> 1, inlined with local names: 2x faster at d = 250.
+    (first, mult1), (second, mult2), (third, _) = _FMIX
+    gamma, mask = _GAMMA, _MASK64
+    seeds = []
+    for i in range(dim):
+        x = ((prefix ^ i) + gamma) & mask
+        x = ((x ^ (x >> first)) * mult1) & mask
+        x = ((x ^ (x >> second)) * mult2) & mask
+        seeds.append((x ^ (x >> third)) >> 1)
+    return seeds
 
 
 def row_width(size: int) -> int:

@@ -10,7 +10,9 @@ import torch
 from rbd import native
 from rbd.projection import (
     DENSE,
+    coordinates,
     default_chunk_size,
+    expand,
     generate_directions,
     project,
     step_seeds,
@@ -73,21 +75,28 @@ def test_compiled_and_eager_paths_draw_the_same_bits(distribution, monkeypatch):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("dim", [33, 300])  # 300: more rows than the kernels take at once
 @pytest.mark.parametrize("distribution", DENSE)
-def test_compiled_products_match_the_eager_ones(distribution, monkeypatch):
+def test_compiled_products_match_the_eager_ones(distribution, dim, monkeypatch):
+    """project, coordinates and expand on both paths against a dense float64 Phi."""
     if native.library() is None:
         pytest.skip("no C compiler here: only the eager path exists")
     g = torch.randn(SIZE, generator=torch.Generator().manual_seed(3))
-    seeds = step_seeds(5, 0, 1, 0, 33)
-    got = {
-        choice: _with_engine(monkeypatch, choice, lambda: project(g, seeds, distribution))
-        for choice in ("compiled", "eager")
-    }
+    seeds = step_seeds(5, 0, 1, 0, dim)
     phi = generate_directions(seeds, SIZE, distribution).double() / SIZE**0.5
     coords = phi @ g.double()
-    for choice, (c, u) in got.items():
-        assert torch.allclose(c.double(), coords, rtol=1e-5, atol=1e-6), choice
-        assert torch.allclose(u.double(), phi.t() @ coords, rtol=1e-5, atol=1e-6), choice
+    for choice in ("compiled", "eager"):
+
+        def products():
+            c, u = project(g, seeds, distribution, chunk_size=dim)
+            c_only = coordinates(g, seeds, distribution, chunk_size=dim)
+            return c, u, c_only, expand(c, seeds, SIZE, distribution, chunk_size=dim)
+
+        c, u, c_only, u_from_c = _with_engine(monkeypatch, choice, products)
+        # float32 sums of 3,001 terms: errors up to ~2e-6 on coordinates of size ~1-4.
+        assert torch.allclose(c.double(), coords, rtol=1e-5, atol=1e-5), choice
+        assert torch.allclose(u.double(), phi.t() @ coords, rtol=1e-5, atol=1e-5), choice
+        assert torch.equal(c_only, c) and torch.equal(u_from_c, u), choice
 
 
 def _dispatched_ops(fn) -> int:
