@@ -12,11 +12,16 @@
  *
  * No OpenMP: rbd.projection hands disjoint sets of rows to its own worker
  * threads (ctypes releases the GIL), each with its own update vector, so the
- * summation order is fixed by the row split alone.
+ * summation order is fixed by the row split alone. The directions are the same bits
+ * on every CPU; the products (float32 sums) follow its vector width in the sign kernels
+ * (AVX-512, AVX or 128-bit lanes) and agree with a float64 reference to rounding.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 #define GAMMA 0x9E3779B97F4A7C15ULL
 #define BLOCK 1024 /* values drawn per block: the words and values stay in L1 */
@@ -112,25 +117,34 @@ static float dot(const float *restrict a, const float *restrict b, int64_t n) {
     return s;
 }
 
-/* A sign value times x, exactly: x with its sign bit flipped where the value is -1 (the
- * same bits as the product; Rademacher only, shift 0). */
-static inline v16 flip(v16 x, uint32_t half, v16u shifts) {
-    v16u u;
-    memcpy(&u, &x, 64);
-    u ^= (((v16u){0} + half) << shifts) & 0x80000000u;
-    memcpy(&x, &u, 64);
-    return x;
-}
+/* The sign kernels work in the target's own vector width (LANES floats): a wider generic
+ * vector is split by the compiler, but its selects and carried accumulators then go
+ * through memory lane by lane (15-20x slower with AVX2). Lane t of group k of a 32-bit
+ * half takes bit LANES * k + t. */
+#if defined(__AVX512F__)
+#define LANES 16
+#elif defined(__AVX__)
+#define LANES 8
+#else
+#define LANES 4
+#endif
+#define GROUPS (32 / LANES)
+typedef float vf __attribute__((vector_size(4 * LANES)));
+typedef uint32_t vu __attribute__((vector_size(4 * LANES)));
+typedef int32_t vi __attribute__((vector_size(4 * LANES)));
 
-/* The 32 values of half h (of a tile's words `halves`, first half h0) times x0 and x1. */
-static inline void times(const uint32_t *halves, int64_t h, float shift, v16 x0, v16 x1,
-                         v16 *out0, v16 *out1) {
-    if (shift == 0.0f) {
-        *out0 = flip(x0, halves[h], SHIFT_LOW), *out1 = flip(x1, halves[h], SHIFT_HIGH);
-    } else {
-        *out0 = signs(halves[h], SHIFT_LOW, shift) * x0;
-        *out1 = signs(halves[h], SHIFT_HIGH, shift) * x1;
-    }
+/* Group k of a half: `up` (both broadcast) where the lane's bit is clear, `down` where it is
+ * set. AVX-512 takes the 16 bits as the blend mask as they stand; elsewhere each lane tests
+ * its own bit. */
+static inline vf values(uint32_t half, int k, vf up, vf down) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_mask_blend_ps((__mmask16)(half >> (16 * k)), (__m512)up, (__m512)down);
+#else
+    vu bit;
+    for (int t = 0; t < LANES; t++) bit[t] = 1u << (LANES * k + t);
+    const vi set = (((vu){0} + half) & bit) != 0;
+    return (vf)(((vi)up & ~set) | ((vi)down & set));
+#endif
 }
 
 /* Value j of a row whose half j / 32 lies in `word` (the tail beyond the last full half). */
@@ -142,37 +156,41 @@ static inline float tail_value(uint64_t word, int64_t j, float shift) {
 #define ROW_BATCH 128 /* rows whose coordinate accumulators are carried across tiles at once */
 
 /* rbd_project for the sign distributions: no row of floats, only its words (W / 64 of
- * them), expanded to 16 values at a time in registers. Column tiles keep g's and the
+ * them), expanded LANES values at a time in registers. Column tiles keep g's and the
  * update's tile in L1 while the rows pass over it (not the whole vectors, from L2, once
- * per row): first the coordinates, each row's two vector accumulators carried from tile to
- * tile so that its sum is taken in the order of one pass along the row; then the update,
- * each entry receiving the rows' terms in row order. */
+ * per row): first the coordinates, each row's GROUPS vector accumulators carried from tile
+ * to tile so that its sum is taken in the order of one pass along the row; then the
+ * update, each entry receiving the rows' terms in row order. */
 static void project_signs(const int64_t *seeds, int64_t rows, int64_t size, float shift,
                           const float *g, float scale, int given, float *coords, float *update) {
     const int64_t full = size / 32;
+    const vf up = (vf){0} + (1.0f - shift), down = (vf){0} + (-1.0f - shift);
     uint64_t buf[TILE / 2];
     const uint32_t *halves = (const uint32_t *)buf;
     for (int64_t r0 = 0; r0 < rows && !given; r0 += ROW_BATCH) {
         const int64_t r1 = r0 + ROW_BATCH < rows ? r0 + ROW_BATCH : rows;
-        v16 acc[2 * ROW_BATCH] = {{0}};
+        vf acc[GROUPS * ROW_BATCH] = {{0}};
         for (int64_t h0 = 0; h0 < full; h0 += TILE) {
             const int64_t n = h0 + TILE < full ? TILE : full - h0;
             for (int64_t i = r0; i < r1; i++) {
                 words((uint64_t)seeds[i], h0 / 2, (n + 1) / 2, buf);
-                v16 acc0 = acc[2 * (i - r0)], acc1 = acc[2 * (i - r0) + 1];
+                vf a[GROUPS];
+                memcpy(a, acc + GROUPS * (i - r0), sizeof a);
                 for (int64_t h = 0; h < n; h++) {
-                    v16 g0, g1, p0, p1;
-                    memcpy(&g0, g + 32 * (h0 + h), 64), memcpy(&g1, g + 32 * (h0 + h) + 16, 64);
-                    times(halves, h, shift, g0, g1, &p0, &p1);
-                    acc0 += p0, acc1 += p1;
+                    for (int k = 0; k < GROUPS; k++) {
+                        vf x;
+                        memcpy(&x, g + 32 * (h0 + h) + LANES * k, sizeof x);
+                        a[k] += values(halves[h], k, up, down) * x;
+                    }
                 }
-                acc[2 * (i - r0)] = acc0, acc[2 * (i - r0) + 1] = acc1;
+                memcpy(acc + GROUPS * (i - r0), a, sizeof a);
             }
         }
         for (int64_t i = r0; i < r1; i++) {
-            const v16 sum = acc[2 * (i - r0)] + acc[2 * (i - r0) + 1];
+            vf sum = acc[GROUPS * (i - r0)];
+            for (int k = 1; k < GROUPS; k++) sum += acc[GROUPS * (i - r0) + k];
             float c = 0.0f;
-            for (int t = 0; t < 16; t++) c += sum[t];
+            for (int t = 0; t < LANES; t++) c += sum[t];
             if (32 * full < size) {
                 uint64_t word;
                 words((uint64_t)seeds[i], full / 2, 1, &word);
@@ -184,16 +202,14 @@ static void project_signs(const int64_t *seeds, int64_t rows, int64_t size, floa
     if (update == NULL) return;
     for (int64_t h0 = 0; h0 < full; h0 += TILE) {
         const int64_t n = h0 + TILE < full ? TILE : full - h0;
-        v16 u[2 * TILE];
+        vf u[GROUPS * TILE];
         memcpy(u, update + 32 * h0, (size_t)n * 128);
         for (int64_t i = 0; i < rows; i++) {
             words((uint64_t)seeds[i], h0 / 2, (n + 1) / 2, buf);
-            const v16 a = (v16){0} + coords[i] * scale;
-            for (int64_t h = 0; h < n; h++) {
-                v16 p0, p1;
-                times(halves, h, shift, a, a, &p0, &p1);
-                u[2 * h] += p0, u[2 * h + 1] += p1;
-            }
+            const float a = coords[i] * scale;
+            for (int64_t h = 0; h < n; h++)
+                for (int k = 0; k < GROUPS; k++)
+                    u[GROUPS * h + k] += a * values(halves[h], k, up, down);
         }
         memcpy(update + 32 * h0, u, (size_t)n * 128);
     }
@@ -206,8 +222,9 @@ static void project_signs(const int64_t *seeds, int64_t rows, int64_t size, floa
 }
 
 /* For each row i (seeds[i], size values): with given == 0, coords[i] = scale * <row, g>;
- * then, unless update is NULL (coordinates only), update += (scale * coords[i]) * row. The row is drawn once, block by block, into a
- * row buffer (dotted with g while each block is in L1), then added to the update. */
+ * then, unless update is NULL (coordinates only), update += (scale * coords[i]) * row.
+ * Gaussian and uniform rows are drawn once, block by block, into a row buffer (dotted with
+ * g while each block is in L1), then added to the update; sign rows go to project_signs. */
 void rbd_project(const int64_t *seeds, int64_t rows, int64_t size, int dist, const float *table,
                  const float *g, float scale, int given, float *coords, float *update) {
     if (dist == RADEMACHER || dist == BERNOULLI) {

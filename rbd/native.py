@@ -63,6 +63,13 @@ def _compiler() -> str | None:
     return None
 
 
+def _require_compiler() -> str:
+    compiler = _compiler()
+    if compiler is None:
+        raise OSError("no C compiler found (looked for $CC, cc, gcc, clang)")
+    return compiler
+
+
 def _cpu_signature() -> str:
     """The CPU's model and feature flags: what ``-march=native`` compiles for."""
     try:
@@ -77,14 +84,15 @@ def _cpu_signature() -> str:
     return platform.machine() + "\n".join(sorted(set(keep)))
 
 
-def _build(compiler: str, target: Path) -> None:
+def _build(compiler: str, target: Path, extra_flags: tuple[str, ...] = ()) -> None:
     """Compile into a temporary file beside ``target``, then rename: processes that build
-    at the same time each get a whole library."""
+    at the same time each get a whole library. ``extra_flags`` follow FLAGS (tests build
+    for narrower vector units with them)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
     os.close(fd)
     try:
-        cmd = [compiler, *FLAGS, str(SOURCE), "-o", tmp]
+        cmd = [compiler, *FLAGS, *extra_flags, str(SOURCE), "-o", tmp]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise OSError(f"{' '.join(cmd)} failed: {done.stderr.strip()[:2000]}")
@@ -97,9 +105,7 @@ def _build(compiler: str, target: Path) -> None:
 def _load() -> ctypes.CDLL | None:
     if sys.byteorder != "little":
         raise OSError("the kernels read words as little-endian halves; this CPU is big-endian")
-    compiler = _compiler()
-    if compiler is None:
-        raise OSError("no C compiler found (looked for $CC, cc, gcc, clang)")
+    compiler = _require_compiler()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     digest = hashlib.sha256(
         SOURCE.read_bytes()
@@ -110,7 +116,19 @@ def _load() -> ctypes.CDLL | None:
     target = cache_dir() / f"engine-{digest}.so"
     if not target.exists():
         _build(compiler, target)
-    lib = ctypes.CDLL(str(target))
+    return bind(ctypes.CDLL(str(target)))
+
+
+def build_variant(target: Path, extra_flags: tuple[str, ...]) -> ctypes.CDLL:
+    """The kernels compiled with ``extra_flags`` into ``target`` (not cached), bound: how a
+    test runs the code a CPU with other vector units would get, on this one."""
+    compiler = _require_compiler()
+    _build(compiler, target, extra_flags)
+    return bind(ctypes.CDLL(str(target)))
+
+
+def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Declare the kernels' argument types on a loaded library."""
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.rbd_fill.argtypes = [ptr, i64, i64, ctypes.c_int, ptr, ptr]
     lib.rbd_fill.restype = None

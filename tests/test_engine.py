@@ -1,6 +1,7 @@
 """The engine's two paths (compiled kernels, eager torch ops) draw the same bases, and a
 step's dispatched ops do not grow with d."""
 
+import platform
 import subprocess
 import sys
 
@@ -75,17 +76,13 @@ def test_compiled_and_eager_paths_draw_the_same_bits(distribution, monkeypatch):
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("dim", [33, 300])  # 300: more rows than the kernels take at once
-@pytest.mark.parametrize("distribution", DENSE)
-def test_compiled_products_match_the_eager_ones(distribution, dim, monkeypatch):
-    """project, coordinates and expand on both paths against a dense float64 Phi."""
-    if native.library() is None:
-        pytest.skip("no C compiler here: only the eager path exists")
+def _assert_products_match_dense(distribution, dim, monkeypatch, choices):
+    """project, coordinates and expand on each engine against a dense float64 Phi."""
     g = torch.randn(SIZE, generator=torch.Generator().manual_seed(3))
     seeds = step_seeds(5, 0, 1, 0, dim)
     phi = generate_directions(seeds, SIZE, distribution).double() / SIZE**0.5
     coords = phi @ g.double()
-    for choice in ("compiled", "eager"):
+    for choice in choices:
 
         def products():
             c, u = project(g, seeds, distribution, chunk_size=dim)
@@ -97,6 +94,43 @@ def test_compiled_products_match_the_eager_ones(distribution, dim, monkeypatch):
         assert torch.allclose(c.double(), coords, rtol=1e-5, atol=1e-5), choice
         assert torch.allclose(u.double(), phi.t() @ coords, rtol=1e-5, atol=1e-5), choice
         assert torch.equal(c_only, c) and torch.equal(u_from_c, u), choice
+
+
+@pytest.mark.parametrize("dim", [33, 300])  # 300: more rows than the kernels take at once
+@pytest.mark.parametrize("distribution", DENSE)
+def test_compiled_products_match_the_eager_ones(distribution, dim, monkeypatch):
+    if native.library() is None:
+        pytest.skip("no C compiler here: only the eager path exists")
+    _assert_products_match_dense(distribution, dim, monkeypatch, ("compiled", "eager"))
+
+
+NARROWER = {  # what -march=native gives a CPU without AVX-512, or without AVX at all
+    "avx2": ("-mno-avx512f",),
+    "sse": ("-mno-avx512f", "-mno-avx2", "-mno-avx", "-mno-fma"),
+}
+
+
+@pytest.mark.parametrize("unit", NARROWER)
+def test_narrower_vector_units_draw_the_same_bits_and_products(unit, tmp_path, monkeypatch):
+    """The kernels built for a CPU with narrower vectors (the sign kernels change their
+    lane count with the width) draw the eager path's bits and match the dense products."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip(f"the flags of this test are x86's; this CPU is {platform.machine()}")
+    if native.library() is None:
+        pytest.skip("no C compiler here: only the eager path exists")
+    lib = native.build_variant(tmp_path / f"engine-{unit}.so", NARROWER[unit])
+    monkeypatch.setattr(native, "_LIBRARY", lib)
+    monkeypatch.setattr(native, "_TRIED", True)
+    seeds = step_seeds(11, 3, 0, 0, 20)
+    for distribution in DENSE:
+        rows = {
+            choice: _with_engine(
+                monkeypatch, choice, lambda d=distribution: generate_directions(seeds, SIZE, d)
+            )
+            for choice in ("compiled", "eager")
+        }
+        assert torch.equal(rows["compiled"], rows["eager"]), distribution
+        _assert_products_match_dense(distribution, 300, monkeypatch, ("compiled",))
 
 
 def _dispatched_ops(fn) -> int:
