@@ -62,6 +62,10 @@ def _is_number(text: str) -> bool:
     return True
 
 
+TRAIN_HELP = "train one run; resumes from DIR/checkpoint.pt if present"
+DOWNLOAD_HELP = "fetch a data set into the data directory (needs internet, unless --from)"
+
+
 def _add_train_parser(sub) -> None:
     from rbd.data import DATASETS
     from rbd.models import INITS, MODELS
@@ -69,7 +73,7 @@ def _add_train_parser(sub) -> None:
     from rbd.projection import DISTRIBUTIONS
     from rbd.train import NES_BATCHES
 
-    p = sub.add_parser("train", help="train one run; resumes from DIR/checkpoint.pt if present")
+    p = sub.add_parser("train", help=TRAIN_HELP)
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--model", required=True, choices=MODELS)
     p.add_argument("--dataset", required=True, choices=DATASETS)
@@ -251,10 +255,7 @@ def _cmd_train(args, parser) -> int:
 def _add_download_parser(sub) -> None:
     from rbd.data import DATASETS
 
-    p = sub.add_parser(
-        "download",
-        help="fetch a data set into the data directory (needs internet, unless --from)",
-    )
+    p = sub.add_parser("download", help=DOWNLOAD_HELP)
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--data-dir", default=None)
     p.add_argument(
@@ -448,14 +449,23 @@ def _cmd_check(args, parser) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; for another ``command``, train's and download's options (whose
+    choices come from modules that import torch) are left out, so that the table and
+    figure jobs start without torch (about 2 s each)."""
     parser = argparse.ArgumentParser(
         prog="rbd", description="Random-bases descent: train runs and build the paper's tables."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_train_parser(sub)
-    _add_download_parser(sub)
+    for verb, add, text in (
+        ("train", _add_train_parser, TRAIN_HELP),
+        ("download", _add_download_parser, DOWNLOAD_HELP),
+    ):
+        if command in (None, verb):
+            add(sub)
+        else:
+            sub.add_parser(verb, help=text)
     _add_aggregate_parser(sub)
     _add_render_parser(sub)
     _add_plot_parser(sub)
@@ -490,9 +500,28 @@ def _missing_extra(err: ModuleNotFoundError) -> str | None:
     )
 
 
+def _command(argv: list[str]) -> str | None:
+    """The verb: the first word that is not an option (the only global one, -v, takes no
+    value)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def _is_user_error(err: Exception) -> bool:
+    """A bad run directory or data set: one line that says what to fix, no traceback. The
+    data errors live in rbd.data (which imports torch); a command that never imported it
+    cannot have raised one."""
+    from rbd.runs import RunDirectoryError
+
+    data = sys.modules.get("rbd.data")
+    return isinstance(err, RunDirectoryError) or (
+        data is not None and isinstance(err, data.RbdDataError)
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        parser = build_parser()
+        parser = build_parser(_command(argv))
     except ModuleNotFoundError as err:
         # The light install (torch only) has the optimisers, not the command.
         if (advice := _missing_extra(err)) is None:
@@ -506,19 +535,17 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     subparser = parser._subparsers._group_actions[0].choices[args.command]
-    from rbd.data import RbdDataError
-    from rbd.runs import RunDirectoryError
-
     try:
         return args.func(args, subparser)
-    except (RbdDataError, RunDirectoryError) as err:
-        # A user's error: one line that says what to fix, no traceback.
-        print(f"rbd {args.command}: error: {err}", file=sys.stderr)
-        return 1
     except ModuleNotFoundError as err:
         if (advice := _missing_extra(err)) is None:
             raise
         print(f"rbd {args.command}: error: {advice}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        if not _is_user_error(err):
+            raise
+        print(f"rbd {args.command}: error: {err}", file=sys.stderr)
         return 1
 
 

@@ -12,8 +12,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
 from rbd.runs import RunDirectoryError
 
 LOCK_FILE = ".rbd-lock"
@@ -54,12 +52,20 @@ def write_json(path: Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+# torch is imported where it is used: the table and figure commands write through this
+# module too, and a process that never saves a tensor should not pay torch's import.
+
+
 def save_torch(path: Path, obj) -> None:
+    import torch
+
     _atomic_write(path, lambda h: torch.save(obj, h))
 
 
 def load_torch(path: Path):
     """Checkpoints hold tensors, numbers and strings only, so the safe loader suffices."""
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

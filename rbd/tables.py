@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from rbd.paper import paper_frac_sgd, paper_val_acc
 from rbd.runs import RunDirectoryError
@@ -29,6 +29,9 @@ from rbd.style import (
     save_pdf,
     styled,
 )
+
+if TYPE_CHECKING:  # aggregation (no figure) does not import matplotlib
+    from matplotlib.figure import Figure
 
 GROUP_KEYS = ["model", "dataset", "method", "dim", "distribution", "compartments", "switch", "lr"]
 RUN_KEYS = GROUP_KEYS + ["seed", "epochs", "augment", "batch_size"]

@@ -119,7 +119,7 @@ def serve(socket_path: str, owner: int | None = None) -> int:
     import rbd.train  # noqa: F401  (everything a training imports, paid once)
     from rbd.cli import build_parser
 
-    build_parser()  # imports what the parser's choices come from
+    build_parser("train")  # imports what the parser's choices come from
 
     listener = _listen(socket_path)
     identity = os.stat(socket_path).st_ino

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -337,3 +339,25 @@ def test_scaling_table_keeps_timings_per_epoch_and_the_distributed_settings(tmp_
     assert summary.loc[("split", 2), "bytes_per_step"] == 400
     assert summary.loc[("worker", 2), "bytes_per_step"] == 800
     assert summary.loc[("worker", 1), "val_acc"] == 71.0
+
+
+def test_table_commands_start_without_torch(tmp_path):
+    """`rbd aggregate` and `rbd render` (17 jobs of the quick preset) never import torch,
+    and aggregation not matplotlib: a second or two per job otherwise."""
+    paths = [make_run(tmp_path, "sgd", s, acc) for s, acc in enumerate([98.0, 97.0])]
+    csv, pdf = tmp_path / "t.csv", tmp_path / "t.pdf"
+    code = (
+        "import sys; from rbd.cli import main; rc = main(sys.argv[1:]);"
+        "print(rc, 'torch' in sys.modules, 'matplotlib' in sys.modules)"
+    )
+    aggregate = ["aggregate", "--experiment", "table1", "--kind", "method_table", "--out"]
+    render = ["render", "--experiment", "table1", "--kind", "method_table", "--csv"]
+    for argv, expected in (
+        ([*aggregate, str(csv), *map(str, paths)], "0 False False"),
+        ([*render, str(csv), "--pdf", str(pdf)], "0 False True"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True
+        )
+        assert done.stdout.split("\n")[-2] == expected, (argv[0], done.stdout, done.stderr)
+    assert is_pdf(pdf)
