@@ -42,6 +42,8 @@ def test_direction_seed_is_pure_63_bit_and_matches_step_seeds():
     assert s == direction_seed(3, 7, 1, 2, 5)
     assert 0 <= s < 2**63
     assert step_seeds(3, 7, 1, 2, 6)[5] == s
+    # step_seeds inlines the hash for speed: every index, not only one, must agree.
+    assert step_seeds(3, 7, 1, 2, 300) == [direction_seed(3, 7, 1, 2, i) for i in range(300)]
     # Every argument matters.
     others = {
         direction_seed(*args)
