@@ -1,6 +1,7 @@
 """The engine's two paths (compiled kernels, eager torch ops) draw the same bases, and a
 step's dispatched ops do not grow with d."""
 
+import hashlib
 import platform
 import subprocess
 import sys
@@ -199,3 +200,32 @@ def test_unknown_engine_choice_is_an_error(monkeypatch):
     monkeypatch.setenv("RBD_ENGINE", "fast")
     with pytest.raises(ValueError, match="RBD_ENGINE"):
         native.library()
+
+
+# SHA-256 (first 32 hex digits) of generate_directions(step_seeds(2020, 7, 0, 0, 5), size, d)
+# as float32 bytes, recorded with bases version 2 before the kernels were rewritten for
+# each vector width (issue 27): the directions every full-protocol run was trained with.
+DIRECTION_DIGESTS = {
+    (3001, "gaussian"): "d7220f8512659da628a7e01a89a7b0f2",
+    (3001, "uniform"): "9e487190fe2a6f9de1cbdff870fae91b",
+    (3001, "rademacher"): "8f6e0aba3158f6e608f5ccb0b7c9b3ba",
+    (3001, "bernoulli-official"): "5f25a5e3027039d7284a850f719f2b52",
+    (101770, "gaussian"): "ef6e5508716168747cb48696d1019471",
+    (101770, "uniform"): "88e2bb8b82f9afab2bfeb28d5ef34302",
+    (101770, "rademacher"): "c9db4b9aa35d900887544caf877bfd02",
+    (101770, "bernoulli-official"): "253ce06f150b267231c95f0483743746",
+}
+
+
+@pytest.mark.parametrize("choice", ["compiled", "eager"])
+def test_directions_are_the_recorded_bits(choice, monkeypatch):
+    """Both paths draw, for fixed seeds, the very bits recorded before the kernels changed."""
+    if choice == "compiled" and native.library() is None:
+        pytest.skip("no C compiler here: only the eager path exists")
+    seeds = step_seeds(2020, 7, 0, 0, 5)
+    for (size, distribution), digest in DIRECTION_DIGESTS.items():
+        rows = _with_engine(
+            monkeypatch, choice, lambda s=size, d=distribution: generate_directions(seeds, s, d)
+        )
+        got = hashlib.sha256(rows.numpy().tobytes()).hexdigest()[:32]
+        assert got == digest, (size, distribution)
