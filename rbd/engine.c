@@ -13,8 +13,18 @@
  * No OpenMP: rbd.projection hands disjoint sets of rows to its own worker
  * threads (ctypes releases the GIL), each with its own update vector, so the
  * summation order is fixed by the row split alone. The directions are the same bits
- * on every CPU; the products (float32 sums) follow its vector width in the sign kernels
- * (AVX-512, AVX or 128-bit lanes) and agree with a float64 reference to rounding.
+ * on every CPU; the products (float32 sums) follow its vector width (AVX-512, AVX or
+ * 128-bit lanes: SSE, NEON) and agree with a float64 reference to rounding.
+ *
+ * Gaussian and uniform rows: with AVX-512 the kernels measured there (issue 16) draw a
+ * row at a time, its coordinate summed block by block; their products are bit for bit
+ * those of the full-protocol runs made on AVX-512 hosts. Elsewhere (AVX2 laptops, ARM:
+ * a smaller L2 than the 400 KB row, g and update each take at D = 100,000) rows are
+ * drawn in batches, column tile by column tile, so that g's and the update's tile stay
+ * in L1 while the batch passes; the stream counter is stepped by addition (one 64-bit
+ * multiply a word fewer, which AVX2 and NEON only emulate) and Gaussian values are read
+ * from the table's positive half (the table is odd, entry 65535 - u = -entry u: 128 KB
+ * instead of 256 KB to keep in cache). The same bits either way (tests).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -51,8 +61,13 @@ static inline v16 signs(uint32_t half, v16u shifts, float shift) {
 
 /* Words [first, first + count) of the stream of seed. */
 static void words(uint64_t seed, int64_t first, int64_t count, uint64_t *restrict out) {
+#if defined(__AVX512F__)
     for (int64_t k = 0; k < count; k++)
         out[k] = fmix64(seed + (uint64_t)(first + k + 1) * GAMMA);
+#else
+    uint64_t z = seed + (uint64_t)(first + 1) * GAMMA;
+    for (int64_t k = 0; k < count; k++, z += GAMMA) out[k] = fmix64(z);
+#endif
 }
 
 /* Values [start, start + BLOCK) of a row (start a multiple of BLOCK, BLOCK of 64). */
@@ -61,7 +76,17 @@ static void block(uint64_t seed, int64_t start, int dist, const float *restrict 
     if (dist == GAUSSIAN) {
         words(seed, start / 4, BLOCK / 4, buf);
         const uint16_t *idx = (const uint16_t *)buf; /* little-endian: word k, then t */
+#if defined(__AVX512F__)
         for (int j = 0; j < BLOCK; j++) out[j] = table[idx[j]];
+#else
+        /* Entry u >= 2^15 is half[u - 2^15]; entry u < 2^15 is -half[2^15 - 1 - u]. */
+        const uint32_t *half = (const uint32_t *)(table + 32768);
+        for (int j = 0; j < BLOCK; j++) {
+            const uint32_t u = idx[j], low = (u >> 15) ^ 1u;
+            const uint32_t bits = half[u ^ (0x7FFFu + (u >> 15))] | (low << 31);
+            memcpy(out + j, &bits, 4);
+        }
+#endif
     } else if (dist == UNIFORM) {
         words(seed, start / 2, BLOCK / 2, buf);
         const uint32_t *w = (const uint32_t *)buf;
@@ -98,6 +123,7 @@ void rbd_fill(const int64_t *seeds, int64_t rows, int64_t width, int dist, const
     }
 }
 
+#if defined(__AVX512F__)
 /* sum_j a[j] b[j] over n values, in a fixed order: 64 lanes, then lane by lane. */
 static float dot(const float *restrict a, const float *restrict b, int64_t n) {
     v16 acc0 = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0};
@@ -116,6 +142,7 @@ static float dot(const float *restrict a, const float *restrict b, int64_t n) {
     for (; j < n; j++) s += a[j] * b[j];
     return s;
 }
+#endif
 
 /* The sign kernels work in the target's own vector width (LANES floats): a wider generic
  * vector is split by the compiler, but its selects and carried accumulators then go
@@ -221,17 +248,12 @@ static void project_signs(const int64_t *seeds, int64_t rows, int64_t size, floa
     }
 }
 
-/* For each row i (seeds[i], size values): with given == 0, coords[i] = scale * <row, g>;
- * then, unless update is NULL (coordinates only), update += (scale * coords[i]) * row.
- * Gaussian and uniform rows are drawn once, block by block, into a row buffer (dotted with
- * g while each block is in L1), then added to the update; sign rows go to project_signs. */
-void rbd_project(const int64_t *seeds, int64_t rows, int64_t size, int dist, const float *table,
-                 const float *g, float scale, int given, float *coords, float *update) {
-    if (dist == RADEMACHER || dist == BERNOULLI) {
-        project_signs(seeds, rows, size, dist == BERNOULLI ? 0.5f : 0.0f, g, scale, given, coords,
-                      update);
-        return;
-    }
+#if defined(__AVX512F__)
+/* Dense rows one at a time: drawn block by block into a row buffer (dotted with g while
+ * each block is in L1), then added to the update. */
+static void project_dense(const int64_t *seeds, int64_t rows, int64_t size, int dist,
+                          const float *table, const float *g, float scale, int given,
+                          float *coords, float *update) {
     int64_t width = 64 * ((size + 63) / 64);
     float *row = aligned_alloc(64, (size_t)((width + BLOCK - 1) / BLOCK * BLOCK) * 4);
     uint64_t buf[BLOCK / 2]; /* the most words a block takes (uniform) */
@@ -253,4 +275,86 @@ void rbd_project(const int64_t *seeds, int64_t rows, int64_t size, int dist, con
         for (int64_t j = 0; j < size; j++) update[j] += a * row[j];
     }
     free(row);
+}
+#else
+#define ACCS 4           /* vector accumulators per coordinate */
+#define BATCH 8          /* rows drawn per pass over the columns, at most */
+#define BATCH_BYTES (4 << 20) /* and at most this much of them (8 rows at D = 10^5) */
+#define COLUMNS 2048     /* values per column tile: 8 KB of g, of the update (BLOCKs) */
+#define CHUNK (ACCS * LANES)
+
+/* acc[k] += a * b over n values (n a multiple of CHUNK), lane by lane. */
+static inline void dot_into(const float *restrict a, const float *restrict b, int64_t n,
+                            vf *acc) {
+    for (int64_t j = 0; j < n; j += CHUNK)
+        for (int k = 0; k < ACCS; k++) {
+            vf x, y;
+            memcpy(&x, a + j + LANES * k, sizeof x), memcpy(&y, b + j + LANES * k, sizeof y);
+            acc[k] += x * y;
+        }
+}
+
+/* Dense rows BATCH at a time: each column tile of the batch's rows is drawn and dotted with
+ * g's tile (each coordinate carried in ACCS vectors from tile to tile, so it is summed in
+ * the order of one pass along its row: lane-wise, then the lanes, then the tail beyond the
+ * last CHUNK); then the update takes the batch tile by tile, each entry receiving the rows'
+ * terms in row order. */
+static void project_dense(const int64_t *seeds, int64_t rows, int64_t size, int dist,
+                          const float *table, const float *g, float scale, int given,
+                          float *coords, float *update) {
+    const int64_t width = BLOCK * ((size + BLOCK - 1) / BLOCK);
+    int64_t batch = BATCH_BYTES / (4 * width);
+    batch = batch < 1 ? 1 : batch > BATCH ? BATCH : batch;
+    /* Freed memory of this size is reused by the next call (malloc's mmap threshold
+     * rises to it), so only a thread's first call faults its pages in. */
+    float *batch_rows = aligned_alloc(64, (size_t)batch * (size_t)width * 4);
+    if (batch_rows == NULL) abort();
+    const int64_t body = size - size % CHUNK;
+    uint64_t buf[BLOCK / 2]; /* the most words a block takes (uniform) */
+    for (int64_t r0 = 0; r0 < rows; r0 += batch) {
+        const int64_t n = rows - r0 < batch ? rows - r0 : batch;
+        vf acc[BATCH * ACCS] = {{0}};
+        for (int64_t t0 = 0; t0 < width; t0 += COLUMNS) {
+            const int64_t t1 = t0 + COLUMNS < width ? t0 + COLUMNS : width;
+            const int64_t dotted = (t1 < body ? t1 : body) - t0;
+            for (int64_t i = 0; i < n; i++) {
+                float *row = batch_rows + i * width;
+                for (int64_t j = t0; j < t1; j += BLOCK)
+                    block((uint64_t)seeds[r0 + i], j, dist, table, buf, row + j);
+                if (!given && dotted > 0) dot_into(row + t0, g + t0, dotted, acc + ACCS * i);
+            }
+        }
+        for (int64_t i = 0; i < n && !given; i++) {
+            const vf *a = acc + ACCS * i, sum = (a[0] + a[1]) + (a[2] + a[3]);
+            float c = 0.0f;
+            for (int t = 0; t < LANES; t++) c += sum[t];
+            const float *row = batch_rows + i * width;
+            for (int64_t j = body; j < size; j++) c += row[j] * g[j];
+            coords[r0 + i] = c * scale;
+        }
+        if (update == NULL) continue;
+        for (int64_t t0 = 0; t0 < size; t0 += COLUMNS) {
+            const int64_t m = size - t0 < COLUMNS ? size - t0 : COLUMNS;
+            float *restrict u = update + t0;
+            for (int64_t i = 0; i < n; i++) {
+                const float a = coords[r0 + i] * scale;
+                const float *restrict row = batch_rows + i * width + t0;
+                for (int64_t j = 0; j < m; j++) u[j] += a * row[j];
+            }
+        }
+    }
+    free(batch_rows);
+}
+#endif
+
+/* For each row i (seeds[i], size values): with given == 0, coords[i] = scale * <row, g>;
+ * then, unless update is NULL (coordinates only), update += (scale * coords[i]) * row.
+ * Sign rows go to project_signs, Gaussian and uniform rows to project_dense. */
+void rbd_project(const int64_t *seeds, int64_t rows, int64_t size, int dist, const float *table,
+                 const float *g, float scale, int given, float *coords, float *update) {
+    if (dist == RADEMACHER || dist == BERNOULLI)
+        project_signs(seeds, rows, size, dist == BERNOULLI ? 0.5f : 0.0f, g, scale, given, coords,
+                      update);
+    else
+        project_dense(seeds, rows, size, dist, table, g, scale, given, coords, update);
 }
