@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rbd-installed
 CORES ?= all
 
-.PHONY: demo test lint test-cluster clean
+.PHONY: demo test lint test-cluster test-arm clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -39,6 +39,15 @@ test: $(STAMP)
 test-cluster: $(STAMP)
 	@test "$$(id -u)" -eq 0 || { echo "make test-cluster starts SLURM daemons: run it as root"; exit 1; }
 	RBD_CLUSTER_TEST=1 $(PY) -m pytest -q -rP -p no:cacheprovider tests/cluster
+
+# The kernels cross-built for aarch64 and run under qemu-user (tests/test_engine_arm.py);
+# installs Debian's cross compiler and qemu-user when missing (as root).
+test-arm: $(STAMP)
+	@command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null || \
+		{ test "$$(id -u)" -eq 0 || { echo "make test-arm installs gcc-aarch64-linux-gnu and qemu-user: run it as root, or install them"; exit 1; }; \
+		  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user >/dev/null; }
+	$(PY) -m pytest -q -rs -p no:cacheprovider tests/test_engine_arm.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rbd tests benchmarks

@@ -156,6 +156,10 @@ static float dot(const float *restrict a, const float *restrict b, int64_t n) {
 #define LANES 4
 #endif
 #define GROUPS (32 / LANES)
+
+/* The kernels' float lanes per vector (16 AVX-512, 8 AVX/AVX2, 4 SSE/NEON): the width
+ * that benchmarks name beside their timings. */
+int rbd_lanes(void) { return LANES; }
 typedef float vf __attribute__((vector_size(4 * LANES)));
 typedef uint32_t vu __attribute__((vector_size(4 * LANES)));
 typedef int32_t vi __attribute__((vector_size(4 * LANES)));

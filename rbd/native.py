@@ -7,11 +7,13 @@ compiler runs the eager torch path, which draws the same bits.
 
 The shared library is cached under ``$RBD_CACHE_DIR`` (default
 ``$XDG_CACHE_HOME/rbd`` or ``~/.cache/rbd``), named by a hash of the source,
-the compiler and the CPU's model and flags: it is built with
-``-march=native``, so a home directory shared by unlike cluster nodes gets
-one library per kind of node. ``RBD_ENGINE=eager`` turns the compiled path
-off; ``RBD_ENGINE=compiled`` makes a failed build an error instead of a
-fallback.
+the compiler and the CPU's model and flags: it is built for this CPU
+(``-march=native`` on x86; ARM compilers spell it ``-mcpu=native``, and some
+reject ``-march=native``), so a home directory shared by unlike cluster nodes
+gets one library per kind of node. A compiler that accepts neither spelling
+builds for its baseline instruction set (SSE2, NEON), with one log line.
+``RBD_ENGINE=eager`` turns the compiled path off; ``RBD_ENGINE=compiled``
+makes a failed build an error instead of a fallback.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("engine.c")
 ENGINE_ENV = "RBD_ENGINE"
 ENGINE_CHOICES = ("auto", "compiled", "eager")
-FLAGS = ("-O3", "-march=native", "-std=c11", "-fno-strict-aliasing", "-shared", "-fPIC")
+FLAGS = ("-O3", "-std=c11", "-fno-strict-aliasing", "-shared", "-fPIC")
+ARM_MACHINES = ("aarch64", "arm64")
 
 _LOCK = threading.Lock()
 _LIBRARY: ctypes.CDLL | None = None
@@ -70,6 +73,15 @@ def _require_compiler() -> str:
     return compiler
 
 
+def target_flags(machine: str | None = None) -> tuple[tuple[str, ...], ...]:
+    """The ways to ask the compiler for this CPU's instruction set, best first; the last,
+    no flag at all, is the architecture's baseline."""
+    machine = (machine or platform.machine()).lower()
+    if machine in ARM_MACHINES or machine.startswith("arm"):
+        return (("-mcpu=native",), ("-march=native",), ())
+    return (("-march=native",), ())
+
+
 def _cpu_signature() -> str:
     """The CPU's model and feature flags: what ``-march=native`` compiles for."""
     try:
@@ -84,10 +96,18 @@ def _cpu_signature() -> str:
     return platform.machine() + "\n".join(sorted(set(keep)))
 
 
+class BuildError(OSError):
+    """The compiler refused: its message is ``stderr``."""
+
+    def __init__(self, message: str, stderr: str):
+        super().__init__(message)
+        self.stderr = stderr
+
+
 def _build(compiler: str, target: Path, extra_flags: tuple[str, ...] = ()) -> None:
     """Compile into a temporary file beside ``target``, then rename: processes that build
-    at the same time each get a whole library. ``extra_flags`` follow FLAGS (tests build
-    for narrower vector units with them)."""
+    at the same time each get a whole library. ``extra_flags`` follow FLAGS (the target's
+    flags; tests build for narrower vector units with them)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
     os.close(fd)
@@ -95,7 +115,7 @@ def _build(compiler: str, target: Path, extra_flags: tuple[str, ...] = ()) -> No
         cmd = [compiler, *FLAGS, *extra_flags, str(SOURCE), "-o", tmp]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
-            raise OSError(f"{' '.join(cmd)} failed: {done.stderr.strip()[:2000]}")
+            raise BuildError(f"{' '.join(cmd)} failed: {done.stderr.strip()[:2000]}", done.stderr)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -107,23 +127,45 @@ def _load() -> ctypes.CDLL | None:
         raise OSError("the kernels read words as little-endian halves; this CPU is big-endian")
     compiler = _require_compiler()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    candidates = target_flags()
     digest = hashlib.sha256(
         SOURCE.read_bytes()
         + version.encode()
         + " ".join(FLAGS).encode()
+        + repr(candidates).encode()
         + _cpu_signature().encode()
     ).hexdigest()[:16]
     target = cache_dir() / f"engine-{digest}.so"
     if not target.exists():
-        _build(compiler, target)
+        _build_for_this_cpu(compiler, target, candidates)
     return bind(ctypes.CDLL(str(target)))
+
+
+def _build_for_this_cpu(compiler: str, target: Path, candidates) -> None:
+    """Build with the first target flags the compiler accepts; falling back to the
+    baseline instruction set is logged once (the kernels run, slower)."""
+    rejected = []
+    for flags in candidates[:-1]:
+        try:
+            _build(compiler, target, flags)
+            return
+        except BuildError as err:
+            said = err.stderr.strip().splitlines() or ["no message"]
+            rejected.append((" ".join(flags), said[-1][:200]))
+    log.warning(
+        "%s rejected %s (%s); compiled engine built for the baseline instruction set",
+        Path(compiler).name,
+        " and ".join(flags for flags, _ in rejected),
+        rejected[0][1],
+    )
+    _build(compiler, target, candidates[-1])
 
 
 def build_variant(target: Path, extra_flags: tuple[str, ...]) -> ctypes.CDLL:
     """The kernels compiled with ``extra_flags`` into ``target`` (not cached), bound: how a
     test runs the code a CPU with other vector units would get, on this one."""
     compiler = _require_compiler()
-    _build(compiler, target, extra_flags)
+    _build(compiler, target, target_flags()[0] + extra_flags)
     return bind(ctypes.CDLL(str(target)))
 
 
@@ -135,7 +177,19 @@ def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.rbd_project.argtypes = [ptr, i64, i64, ctypes.c_int, ptr, ptr, ctypes.c_float, ctypes.c_int]
     lib.rbd_project.argtypes += [ptr, ptr]
     lib.rbd_project.restype = None
+    lib.rbd_lanes.argtypes = []
+    lib.rbd_lanes.restype = ctypes.c_int
     return lib
+
+
+def vector_width() -> str:
+    """The compiled kernels' vector unit, as benchmarks name it beside their timings."""
+    lib = library()
+    if lib is None:
+        return "eager torch ops (no compiled kernels)"
+    lanes = lib.rbd_lanes()
+    names = {16: "AVX-512", 8: "AVX2/AVX", 4: "128-bit: SSE or NEON"}
+    return f"{32 * lanes} bits ({names.get(lanes, '?')}), {platform.machine()}"
 
 
 def pointer(tensor) -> int:

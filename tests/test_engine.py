@@ -2,6 +2,7 @@
 step's dispatched ops do not grow with d."""
 
 import hashlib
+import os
 import platform
 import subprocess
 import sys
@@ -120,6 +121,7 @@ def test_narrower_vector_units_draw_the_same_bits_and_products(unit, tmp_path, m
     if native.library() is None:
         pytest.skip("no C compiler here: only the eager path exists")
     lib = native.build_variant(tmp_path / f"engine-{unit}.so", NARROWER[unit])
+    assert lib.rbd_lanes() == {"avx2": 8, "sse": 4}[unit]  # the width it was built for
     monkeypatch.setattr(native, "_LIBRARY", lib)
     monkeypatch.setattr(native, "_TRIED", True)
     seeds = step_seeds(11, 3, 0, 0, 20)
@@ -194,6 +196,41 @@ def test_no_compiler_falls_back_to_the_same_bits(tmp_path):
         text=True,
     )
     assert forced.returncode != 0 and "RBD_ENGINE=compiled" in forced.stderr
+
+
+def test_a_compiler_without_native_flags_builds_for_the_baseline(tmp_path):
+    """A compiler that rejects every spelling of "native" (as some ARM compilers reject
+    -march=native) still builds the kernels, for the baseline instruction set, says so in
+    one log line, and they draw the same bits."""
+    real = native._compiler()
+    if real is None:
+        pytest.skip("no C compiler here: only the eager path exists")
+    fake = tmp_path / "cc"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do case "$a" in *=native) '
+        "echo \"cc: error: unknown value 'native' in $a\" >&2; exit 1;; esac; done\n"
+        f'exec "{real}" "$@"\n'
+    )
+    fake.chmod(0o755)
+    code = (
+        "from rbd.projection import generate_directions, step_seeds;"
+        "x = generate_directions(step_seeds(1, 0, 0, 0, 3), 500, 'gaussian');"
+        "print(float(x.double().sum()))"
+    )
+    env = os.environ | {
+        "CC": str(fake),
+        "RBD_CACHE_DIR": str(tmp_path / "cache"),
+        "RBD_ENGINE": "compiled",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    warnings = [line for line in done.stderr.splitlines() if "rejected" in line]
+    assert len(warnings) == 1 and "baseline instruction set" in warnings[0], done.stderr
+    assert "unknown value 'native'" in warnings[0]
+    expected = float(generate_directions(step_seeds(1, 0, 0, 0, 3), 500, "gaussian").double().sum())
+    assert float(done.stdout) == expected
 
 
 def test_unknown_engine_choice_is_an_error(monkeypatch):
