@@ -1,4 +1,5 @@
-"""Command line: `rbd train`, `download`, `aggregate`, `render`, `plot`, `pick-lr`, `check-config`.
+"""Command line: `rbd train`, `download`, `aggregate`, `render`, `plot`, `paper-vs-ours`,
+`pick-lr`, `check-config`.
 
 Every flag is named after its config key (`--batch-size` is `batch_size`), and
 every choice is checked here, before any data is touched, with a message that
@@ -388,6 +389,46 @@ def _cmd_plot(args, parser) -> int:
     return 0
 
 
+PAPER_VS_OURS_HELP = "draw the paper's Table 1 and 2 values beside ours (PDF or PNG)"
+
+
+def _add_paper_vs_ours_parser(sub) -> None:
+    p = sub.add_parser("paper-vs-ours", help=PAPER_VS_OURS_HELP)
+    p.add_argument(
+        "csvs",
+        nargs="+",
+        type=Path,
+        metavar="CSV",
+        help="the verification summary (docs/verification/full_protocol.csv) and/or the "
+        "aggregated tables of experiments table1, table2 (results/tables/table1.csv, ...)",
+    )
+    p.add_argument("--out", required=True, type=Path, help="figure to write (.pdf or .png)")
+    p.add_argument("--description", default=None, help="the title (default: names the CSVs)")
+    p.set_defaults(func=_cmd_paper_vs_ours)
+
+
+def _cmd_paper_vs_ours(args, parser) -> int:
+    from rbd.comparison import comparison_cells, read_comparison
+    from rbd.plots import plot_paper_vs_ours
+    from rbd.style import save_figure
+
+    if args.out.suffix.lower() not in (".pdf", ".png", ".svg"):
+        parser.error(f"argument --out: write a .pdf, .png or .svg, not {args.out.name!r}")
+    try:
+        cells = comparison_cells(read_comparison(args.csvs))
+    except (OSError, ValueError) as err:
+        print(f"rbd paper-vs-ours: error: {err}", file=sys.stderr)
+        return 1
+    title = args.description or (
+        "The paper's validation accuracy (%) after 100 epochs beside ours, from "
+        + ", ".join(path.name for path in args.csvs)
+    )
+    save_figure(plot_paper_vs_ours(cells, title), args.out, dpi=150)
+    n_ours, n_off = int(cells["ours"].notna().sum()), int(cells["off"].sum())
+    print(f"{len(cells)} cells, {n_ours} of ours, {n_off} outside the bound -> {args.out}")
+    return 0
+
+
 def _add_pick_lr_parser(sub) -> None:
     p = sub.add_parser(
         "pick-lr",
@@ -469,6 +510,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _add_aggregate_parser(sub)
     _add_render_parser(sub)
     _add_plot_parser(sub)
+    _add_paper_vs_ours_parser(sub)
     _add_pick_lr_parser(sub)
     _add_check_parser(sub)
     return parser

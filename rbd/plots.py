@@ -19,7 +19,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from rbd.paper import off_bound
 from rbd.style import (
+    DATASET_LABELS,
     DISTRIBUTION_LABELS,
     METHOD_COLORS,
     METHOD_LABELS,
@@ -407,6 +409,114 @@ def plot_bases(table: pd.DataFrame, title: str | None = None) -> Figure:
             ax.set_xticks(dims, [str(d) for d in dims])
             ax.minorticks_off()
             ax.legend(fontsize=7)
+    fig.tight_layout()
+    _title(fig, title)
+    return fig
+
+
+PAPER_COLOR = "#222222"
+OURS_COLOR = "#1f6fb4"
+OFF_COLOR = "#c0392b"
+OFF_SHADE = "#f6d5d1"
+# gid of the band behind a cell of ours outside the bound (tests find it by this name).
+OFF_GID = "off-bound"
+ROW_OFFSET = 0.15
+TABLE_COLUMN_LABELS = METHOD_LABELS | DISTRIBUTION_LABELS | {"sgd": "SGD"}
+
+
+def _cell_text(cell) -> str:
+    """What a row says beside the plot: ours (seeds, epochs), the paper's, the difference."""
+    if pd.isna(cell.n_seeds):
+        ours = "ours: not run"
+    elif pd.isna(cell.ours):
+        ours = f"ours: diverged ({int(cell.n_diverged)} of {int(cell.n_diverged)} seeds)"
+    else:
+        n = int(cell.n_seeds)
+        ours = f"ours {cell.ours:.2f}"
+        if not pd.isna(cell.ours_std):
+            ours += f" ± {cell.ours_std:.2f}"
+        runs = [f"{n} seed{'s' if n != 1 else ''}"]
+        if not pd.isna(cell.epochs):
+            planned = int(cell.epochs_planned) if not pd.isna(cell.epochs_planned) else None
+            done = cell.status == "done" or planned is None or int(cell.epochs) >= planned
+            runs.append(f"{int(cell.epochs)} epochs" if done else
+                        f"epoch {int(cell.epochs)} of {planned}")  # fmt: skip
+        if not pd.isna(cell.n_diverged) and cell.n_diverged:
+            runs.append(f"{int(cell.n_diverged)} diverged")
+        if cell.table1_run:
+            runs.append("Table 1's runs")
+        ours += f" ({', '.join(runs)})"
+    if pd.isna(cell.paper):
+        return f"{ours};  paper: no number"
+    text = f"{ours};  paper {cell.paper:g} ± {cell.paper_std:g}"
+    if not pd.isna(cell.diff):
+        text += f";  {cell.diff:+.2f}"
+        if cell.off:
+            text += f", outside ±{off_bound(cell.paper_std):g}"
+    return text
+
+
+@styled
+def plot_paper_vs_ours(cells: pd.DataFrame, title: str | None = None) -> Figure:
+    """The paper's mean ± std beside ours for every cell of `rbd.comparison.comparison_cells`.
+
+    One panel per table and model, one row per cell (data set, then method or
+    distribution, in the paper's order): the paper as an open diamond with its
+    std, ours as a dot with the std over our seeds; beside each row the numbers,
+    our seeds and epochs ("epoch N of 100" for a run not finished). A cell of
+    ours outside the bound (more than 2 paper std or 1.5 points off, whichever
+    is larger) has a shaded band behind its row, its label in red.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    from matplotlib.transforms import blended_transform_factory
+
+    panels = list(dict.fromkeys(zip(cells["table"], cells["model"], strict=True)))
+    heights = [int(((cells["table"] == t) & (cells["model"] == m)).sum()) + 2 for t, m in panels]
+    fig, axes = new_figure(max(len(panels), 1), 1, figsize=(11, 0.24 * sum(heights or [4]) + 1),
+                           gridspec_kw={"height_ratios": heights or [1]})  # fmt: skip
+    if not panels:
+        axes[0][0].axis("off")
+        axes[0][0].text(0.5, 0.5, "no cell of ours has a paper counterpart", ha="center")
+    for ax, (table, model) in zip(axes[: len(panels), 0], panels, strict=True):
+        sub = cells[(cells["table"] == table) & (cells["model"] == model)].reset_index(drop=True)
+        # One row per cell, a gap between data sets, the first cell at the top.
+        gaps = 0.6 * sub["dataset"].ne(sub["dataset"].shift()).cumsum().to_numpy()
+        y = -(sub.index.to_numpy() + gaps)
+        beside = blended_transform_factory(ax.transAxes, ax.transData)
+        for yi, cell in zip(y, sub.itertuples(), strict=True):
+            if cell.off:
+                ax.axhspan(yi - 0.45, yi + 0.45, color=OFF_SHADE, zorder=0, gid=OFF_GID)
+            ax.text(1.02, yi, _cell_text(cell), transform=beside, va="center", fontsize=7,
+                    color=OFF_COLOR if cell.off else PAPER_COLOR)  # fmt: skip
+        # The paper a little above its row, ours a little below: equal values stay visible.
+        paper, ours = sub["paper"].notna().to_numpy(), sub["ours"].notna().to_numpy()
+        ax.errorbar(sub.loc[paper, "paper"], y[paper] + ROW_OFFSET,
+                    xerr=sub.loc[paper, "paper_std"], fmt="D", ms=5, mfc="white",
+                    mec=PAPER_COLOR, ecolor=PAPER_COLOR, capsize=3, label="paper")  # fmt: skip
+        ax.errorbar(sub.loc[ours, "ours"], y[ours] - ROW_OFFSET,
+                    xerr=sub.loc[ours, "ours_std"].fillna(0), fmt="o", ms=5, color=OURS_COLOR,
+                    capsize=3, label="ours")  # fmt: skip
+        labels = [f"{DATASET_LABELS.get(d, d)}  {TABLE_COLUMN_LABELS.get(c, c)}"
+                  for d, c in zip(sub["dataset"], sub["column"], strict=True)]  # fmt: skip
+        ax.set_yticks(y, labels)
+        for tick, off in zip(ax.get_yticklabels(), sub["off"], strict=True):
+            if off:
+                tick.set_color(OFF_COLOR)
+        ax.set_ylim(y.min() - 0.7, y.max() + 0.7)
+        ax.grid(axis="y", visible=False)
+        what = "method" if table == 1 else "direction distribution (RBD) and SGD"
+        ax.set(title=f"Table {table}, {model.upper()}: per data set and {what}",
+               xlabel="validation accuracy (%)")  # fmt: skip
+    if panels:
+        handles = [
+            Line2D([], [], marker="D", mfc="white", mec=PAPER_COLOR, color=PAPER_COLOR,
+                   label="paper: mean ± std (3 runs)"),
+            Line2D([], [], marker="o", color=OURS_COLOR, label="ours: mean ± std over seeds"),
+            Patch(color=OFF_SHADE, label="ours more than max(2 paper std, 1.5 points) off"),
+        ]  # fmt: skip
+        axes[0][0].legend(handles=handles, fontsize=7, loc="lower left", ncol=3,
+                          bbox_to_anchor=(0, 1.08), frameon=False)  # fmt: skip
     fig.tight_layout()
     _title(fig, title)
     return fig

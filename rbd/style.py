@@ -71,19 +71,27 @@ def styled(draw):
     return in_style
 
 
-def new_figure(n_rows: int = 1, n_cols: int = 1, *, figsize=None, squeeze: bool = False):
+def new_figure(
+    n_rows: int = 1, n_cols: int = 1, *, figsize=None, squeeze: bool = False, **subplots
+):
     """`(Figure, axes)` like `pyplot.subplots`, outside pyplot's figure registry."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=figsize)
-    return fig, fig.subplots(n_rows, n_cols, squeeze=squeeze)
+    return fig, fig.subplots(n_rows, n_cols, squeeze=squeeze, **subplots)
+
+
+def save_figure(fig, path, *, dpi: float | None = None) -> None:
+    """Save `fig` atomically (a killed job leaves no half file), in the project's style;
+    the format from the suffix (.pdf, .png, .svg)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    with figure_style():
+        fig.savefig(tmp, format=path.suffix[1:].lower(), bbox_inches="tight", dpi=dpi or "figure")
+    tmp.replace(path)
 
 
 def save_pdf(fig, path) -> None:
-    """Save `fig` as a PDF atomically (a killed job leaves no half file), in the project's style."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.pdf")
-    with figure_style():
-        fig.savefig(tmp, bbox_inches="tight")
-    tmp.replace(path)
+    """Save `fig` as a PDF atomically, in the project's style (`save_figure`)."""
+    save_figure(fig, path)

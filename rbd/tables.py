@@ -157,7 +157,7 @@ def aggregate(runs: pd.DataFrame, experiment: str) -> pd.DataFrame:
     Columns: experiment, model, dataset, method, dim, distribution, compartments,
     switch, lr, n_seeds, n_diverged, val_acc_mean, val_acc_std, test_acc_mean,
     grad_corr_mean, grad_corr_std, grad_corr_tensors_mean, grad_corr_tensors_std,
-    num_params, num_coordinates, step_s_mean,
+    num_params, num_coordinates, step_s_mean, epochs (the runs' planned epochs),
     frac_sgd, step_ratio_sgd, paper_val_acc, paper_frac_sgd. `frac_sgd` divides
     by the mean SGD accuracy of the same model and data set, `step_ratio_sgd`
     the mean seconds per step (`step_seconds`, over all seeds, diverged ones
@@ -178,6 +178,7 @@ def aggregate(runs: pd.DataFrame, experiment: str) -> pd.DataFrame:
         num_params=("num_params", "first"),
         num_coordinates=("num_coordinates", "first"),
         **({"step_s_mean": ("step_s", "mean")} if "step_s" in runs else {}),
+        **({"epochs": ("epochs", "max")} if "epochs" in runs else {}),
     ).reset_index()
     sgd = table[table["method"] == "sgd"].groupby(["model", "dataset"])
     for column, ratio in (("val_acc_mean", "frac_sgd"), ("step_s_mean", "step_ratio_sgd")):

@@ -3,8 +3,8 @@
 The commands are the lines of the fenced shell blocks (```bash, ```sh) of those files,
 read from the files themselves, so a command added to the docs is run here too, and a
 command no rule below knows how to run fails this test. Each file's commands run in
-order in a scratch checkout (symlinks to this one; `config/` and `profiles/` copied,
-so that commands that write there leave the project alone): a `cp` or an `export`
+order in a scratch checkout (symlinks to this one; `config/`, `profiles/` and `docs/`
+copied, so that commands that write there leave the project alone): a `cp` or an `export`
 affects the commands after it, and a ```yaml block whose first line is `# PATH` is
 written to PATH there, as a user would create the file before the commands that use it.
 
@@ -49,7 +49,7 @@ SHELL = {"bash", "sh", "shell", "console"}
 VENV_BIN = ROOT / ".venv" / "bin"
 SHARED_DATA = ROOT.parent / "shared" / "data"  # the real MNIST / Fashion-MNIST, read-only
 # Entries of the checkout a command may write into: copied, not linked.
-COPIED = {"config", "profiles"}
+COPIED = {"config", "profiles", "docs"}
 NOT_LINKED = {".git", ".snakemake", "results", "figures", "logs", "resources", "build",
               "dist", ".pytest_cache", ".ruff_cache", "report.html", *COPIED}  # fmt: skip
 # What a shortened run keeps of a flag's value.

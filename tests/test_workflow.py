@@ -260,6 +260,30 @@ def test_a_preset_by_name_takes_override_files_on_top(tmp_path):
     assert proc.returncode != 0 and "no preset 'fast'" in proc.stdout + proc.stderr
 
 
+def test_paper_vs_ours_is_drawn_from_the_committed_runs_in_a_clean_directory(tmp_path):
+    """A fresh clone draws the comparison without training anything; with
+    `paper_vs_ours: results` it is drawn from this run's Table 1 and 2 instead."""
+    proc = snakemake("--cores", "1", "--directory", tmp_path, "figures/paper_vs_ours.pdf")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "figures/paper_vs_ours.pdf").read_bytes().startswith(b"%PDF")
+    assert not (tmp_path / "results").exists()
+    log = (tmp_path / "logs/plots/paper_vs_ours.log").read_text()
+    assert "docs/verification/full_protocol.csv" in proc.stderr + proc.stdout
+    assert "outside the bound" in log
+    args = (
+        "-n",
+        "--cores",
+        "8",
+        "--directory",
+        tmp_path / "results-run",
+        "figures/paper_vs_ours.pdf",
+    )
+    jobs = planned_jobs(snakemake(*args, "--config", "paper_vs_ours=results"))
+    assert jobs["aggregate_experiment"] == 2 and jobs["plot_paper_vs_ours"] == 1
+    # Table 1's runs, and Table 2's beyond them (its Gaussian and SGD runs are Table 1's)
+    assert jobs["train"] == PAPER_TRAIN_JOBS["table1"] + 6 * 3 * 3
+
+
 def test_snakemake_lint_is_clean():
     proc = snakemake("--lint", f"--configfile={ROOT / 'config/quick.yaml'}")
     assert proc.returncode == 0, proc.stdout + proc.stderr

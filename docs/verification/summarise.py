@@ -6,7 +6,8 @@ training (their ``checkpoint.pt`` holds the epochs so far). A cell's accuracy
 is the mean over its seeds of each run's last epoch, with their std. Cells
 named ``table1:...`` get the paper's Table 1 value beside ours; ``reading:...``
 cells are measurements made to explain a gap. Rows of cells not named are kept, so runs from
-earlier sessions stay; a named cell's rows are replaced.
+earlier sessions stay; a named cell's rows are replaced. The README's figure,
+``paper_vs_ours.png``, is redrawn from the new summary (``rbd paper-vs-ours``).
 
     .venv/bin/python docs/verification/summarise.py table1:rbd-fc-mnist=results/runs/... [...]
 """
@@ -27,6 +28,7 @@ from rbd.runs import RunSpec
 HERE = Path(__file__).resolve().parent
 EPOCHS_CSV = HERE / "full_protocol_epochs.csv"
 SUMMARY_CSV = HERE / "full_protocol.csv"
+FIGURE = HERE / "paper_vs_ours.png"
 EPOCH_COLUMNS = ["cell", "run_key", "bases_version", "seed", "epoch", "val_acc", "train_acc"]
 EPOCH_COLUMNS += ["val_loss"]
 EPOCH_COLUMNS += ["grad_corr_mean", "grad_corr_tensors_mean"]
@@ -183,6 +185,9 @@ def main() -> None:
     write_text(SUMMARY_CSV, _csv(summaries, SUMMARY_COLUMNS))
     write_text(EPOCHS_CSV, _csv(epochs, EPOCH_COLUMNS))
     print(markdown(summaries))
+    from rbd.cli import main as rbd
+
+    rbd(["paper-vs-ours", str(SUMMARY_CSV), "--out", str(FIGURE)])
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from rbd.config import (
     in_default_target,
     validate_config,
 )
+from rbd.comparison import PAPER_TABLES, VERIFICATION_CSV
 from rbd.cost import runtime_minutes, schedule_priority
 from rbd.io import write_text
 from rbd.tables import rst_escape
@@ -225,6 +226,19 @@ def experiment_targets(name):
     if name in SWEEP_EXPERIMENTS:
         targets.append(f"results/tables/{name}_best.yaml")
     return targets
+
+
+def paper_vs_ours_tables(wildcards):
+    """The CSVs figures/paper_vs_ours.pdf draws ours from (config key `paper_vs_ours`):
+    the committed verification summary of this checkout, or this run's Table 1 and 2."""
+    if config.get("paper_vs_ours", "verification") == "verification":
+        return [os.path.join(RBD_ROOT, VERIFICATION_CSV)]
+    names = [name for name in PAPER_TABLES if name in KINDS]
+    if not names:
+        raise WorkflowError(
+            "paper_vs_ours: results needs the experiment table1 or table2 in the config"
+        )
+    return [f"results/tables/{name}.csv" for name in names]
 
 
 def all_targets():

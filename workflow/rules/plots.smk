@@ -1,9 +1,10 @@
-# Figures from the tidy tables, and the best rates of a learning-rate sweep.
+# Figures from the tidy tables, the paper beside ours, and the best rates of a sweep.
 
 
 # Small jobs: they run on the machine that runs Snakemake, never in a cluster queue.
 localrules:
     plot_figure,
+    plot_paper_vs_ours,
     pick_learning_rates,
 
 
@@ -39,6 +40,26 @@ rule plot_figure:
         "{params.python} -m rbd plot --experiment {wildcards.experiment:q} "
         "--kind {params.kind:q} --description {params.description:q} "
         "--csv {input.csv:q} --pdf {output.pdf:q} > {log:q} 2>&1"
+
+
+rule plot_paper_vs_ours:
+    input:
+        csvs=paper_vs_ours_tables,
+    output:
+        pdf=report(
+            "figures/paper_vs_ours.pdf",
+            caption="../report/paper_vs_ours.rst",
+            category="Figures",
+            labels={"experiment": "paper_vs_ours", "format": "PDF"},
+        ),
+    log:
+        "logs/plots/paper_vs_ours.log",
+    conda:
+        "../envs/tables.yaml"
+    params:
+        python=PYTHON,
+    shell:
+        "{params.python} -m rbd paper-vs-ours --out {output.pdf:q} {input.csvs:q} > {log:q} 2>&1"
 
 
 rule pick_learning_rates:
