@@ -317,11 +317,16 @@ OPTIMISERS = {
 }
 
 
+def on(device, *tensors):
+    return [t.to(device) for t in tensors]
+
+
+# These take the `device` fixture: on a GPU (benchmarks/gpu_check.py) a host read is a sync.
 @pytest.mark.parametrize("name", OPTIMISERS)
-def test_step_never_reads_the_device_until_stats_are_read(name, host_reads):
-    model = small_model()
+def test_step_never_reads_the_device_until_stats_are_read(name, host_reads, device):
+    model = small_model().to(device)
     opt = OPTIMISERS[name](model)
-    x, y = batch()
+    x, y = on(device, *batch())
     model[0].bias.requires_grad_(name != "rbd-groups")  # a parameter without a gradient
     for _ in range(2):
         backward(model, [opt], x, y)
@@ -337,21 +342,21 @@ def test_step_never_reads_the_device_until_stats_are_read(name, host_reads):
     assert all(isinstance(v, float) for v in opt.stats.values())
 
 
-def test_forward_mode_step_never_reads_the_device(host_reads):
-    model = small_model()
+def test_forward_mode_step_never_reads_the_device(host_reads, device):
+    model = small_model().to(device)
     opt = RBD(model.parameters(), lr=0.1, dim=5, coordinates="forward")
-    x, y = batch()
+    x, y = on(device, *batch())
     closure = module_loss(model, lambda out: nn.functional.cross_entropy(out, y), x)
     assert host_reads(lambda: opt.step(closure)) == {}
     assert synced_ops(lambda: opt.step(closure)) == set()
     assert math.isnan(opt.stats["grad_corr"]) and math.isfinite(opt.stats["coord_std"])
 
 
-def test_nes_step_reads_the_device_once(host_reads):
+def test_nes_step_reads_the_device_once(host_reads, device):
     """NES ranks its offspring on the device; the rank weights come to the host once."""
-    model = small_model()
+    model = small_model().to(device)
     opt = NES(model.parameters(), lr=0.1, dim=6, antithetic=True)
-    x, y = batch()
+    x, y = on(device, *batch())
     assert host_reads(lambda: opt.step(lambda: loss_of(model, x, y))) == {"tolist": 1}
     assert synced_ops(lambda: opt.step(lambda: loss_of(model, x, y))) == set()
     assert math.isfinite(opt.stats["loss"])
