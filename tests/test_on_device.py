@@ -98,7 +98,10 @@ def test_products_are_the_cpu_products_to_rounding(distribution, normalize, devi
         on_coords, on_update = project(g.to(device), seeds, distribution, normalize=normalize)
         rebuilt = expand(on_coords, seeds, g.numel(), distribution, normalize=normalize)
     assert on_coords.device.type == on_update.device.type == device.type
-    assert rel_err(on_coords, coords) < 1e-5 and rel_err(on_update, update) < 1e-5
+    # Sums of D float32 products in another order: 4 u sqrt(D), u = 2^-24 (6e-5 here;
+    # the kernels against the eager ops differ by 2-3e-6).
+    rounding = 4 * 2**-24 * math.sqrt(g.numel())
+    assert rel_err(on_coords, coords) < rounding and rel_err(on_update, update) < rounding
     # expand regenerates project's update bit for bit on any one device.
     assert torch.equal(rebuilt, on_update)
 
