@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rbd-installed
 CORES ?= all
 
-.PHONY: demo test lint test-cluster test-arm clean
+.PHONY: demo test lint test-cluster test-arm gpu-check clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -48,6 +48,12 @@ test-arm: $(STAMP)
 		  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user >/dev/null; }
 	$(PY) -m pytest -q -rs -p no:cacheprovider tests/test_engine_arm.py
+
+# On a CUDA machine, within 8 minutes: the device tests, CPU-against-GPU bits, step times
+# and a paper-preset slice through Snakemake; one report, results/gpu_check/gpu_check_report.md
+# (benchmarks/gpu_check.py documents it). GPU_CHECK_ARGS="--device cpu": its CPU mode.
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rbd tests benchmarks

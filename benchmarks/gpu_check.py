@@ -37,10 +37,10 @@ environment (the paper's MNIST rates, and ResNet-8's CIFAR-10 rates, are used fo
 e.g. ``../shared/data/mnist``, 11 MB) to the machine, and the workflow's download rule
 installs them from DIR (``data_source``; ``rbd download --from DIR``, every file checked).
 
-Time: the check is sized to finish within 8 minutes on one GPU (the report gives each
-section's seconds and the total against 480 s); not yet measured on a GPU. The CPU mode
-(``--device cpu``: D up to 20,011, d = 10 and 50, 3 timed steps, and a two-run slice of
-Table 1 at d = 10) takes about a minute on 2 busy cores, most of it the slice.
+Time: sized to finish within 8 minutes on one GPU (the report gives each section's
+seconds, and the total against 480 s); not yet measured on a GPU. The CPU mode
+(``--device cpu``: D = 20,011 and 97, d = 10 and 20, 2 timed steps, and a two-run slice
+of Table 1 at d = 10) took 40-50 s on a 2-core AVX2 host busy with two training runs.
 
 Report: ``<out>/gpu_check_report.md`` (default ``results/gpu_check/``): a headline
 (PASS or FAIL, the device, torch and CUDA versions, the host's CPU model and vector width,
@@ -93,8 +93,8 @@ INPUT_SHAPES = {"fc": (1, 28, 28), "cnn": (1, 28, 28), "resnet8": (3, 32, 32)}
 MODES = {
     "cuda": dict(sizes=[101_770, 3_001, 97], rows=300, product_dim=250, dims=[250, 1000],
                  steps=10, warmup=3, slice="paper"),
-    "cpu": dict(sizes=[20_011, 97], rows=150, product_dim=100, dims=[10, 50],
-                steps=3, warmup=1, slice="tiny"),
+    "cpu": dict(sizes=[20_011, 97], rows=150, product_dim=100, dims=[10, 20],
+                steps=2, warmup=1, slice="tiny"),
 }  # fmt: skip
 # The slices of the paper preset's experiments: the grid lists replaced (datasets and
 # epochs by the command's), everything else as config/config.yaml has it.
@@ -477,6 +477,7 @@ def render(report: dict) -> str:
         f"- {report['started']}, {report['seconds']:.0f} s in all (budget {BUDGET_S} s"
         f"{'' if report['seconds'] <= BUDGET_S else ', OVER'}); command: "
         f"`{report['command']}`",
+        f"- checkout: {report['checkout']}",
         "",
     ]
     titles = {
@@ -541,7 +542,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "the data and the report.",
     )
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (the CPU mode)")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "gpu_check")
+    parser.add_argument("--out", type=Path, default=Path("results/gpu_check"))
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated")
     parser.add_argument(
         "--tests", nargs="+", default=["tests"], help="pytest paths or node ids, run with -m device"
@@ -564,6 +565,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--timeout", type=int, default=420, help="seconds per subprocess")
     args = parser.parse_args(argv)
+    args.out = args.out.resolve()  # subprocesses run in the checkout's root
     try:
         args.device = torch.device(args.device)
     except RuntimeError:
@@ -581,6 +583,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     if set(args.models) - set(INPUT_SHAPES):
         parser.error(f"--models: choose from {', '.join(INPUT_SHAPES)}")
     return args
+
+
+def checkout_commit() -> str:
+    """This checkout's commit, "+ changes" when its tracked files differ from it."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=30)  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "-uno"],
+                               capture_output=True, text=True, timeout=30)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    if head.returncode != 0:
+        return "unknown (not a git checkout)"
+    return head.stdout.strip() + (" + changes" if dirty.stdout.strip() else "")
 
 
 def no_cuda_message(device: torch.device) -> str | None:
@@ -635,6 +651,7 @@ def main(argv=None) -> int:
         "started": started.isoformat(timespec="seconds"),
         "seconds": time.monotonic() - clock,
         "command": " ".join(["benchmarks/gpu_check.py", *(sys.argv[1:] if argv is None else argv)]),
+        "checkout": f"{ROOT} at {checkout_commit()}",
         "device": device_check.device_facts(args.device),
         "host": device_check.host_facts(),
         "settings": {

@@ -144,3 +144,27 @@ def test_cuda_mode_without_cuda_stops_in_one_line(tmp_path):
     message = str(stop.value.code)
     assert "no CUDA device is present" in message and "\n" not in message
     assert not (tmp_path / "out").exists()  # stopped before anything ran
+
+
+def test_the_paper_slice_is_sixteen_runs_with_the_paper_settings(tmp_path):
+    """What the GPU runs through Snakemake, planned here (so that a renamed experiment or
+    key of the paper preset breaks this test, not the one GPU run)."""
+    import yaml
+
+    from rbd.config import experiment_runs, learning_rate
+
+    config = gpu_check.slice_config("paper", "cuda", "mnist5k", 1, None)
+    specs = {spec for runs in experiment_runs(config).values() for spec in runs}
+    assert len(specs) == 16 and config["device"] == "cuda"
+    assert {(s.model, s.dataset, s.epochs, s.seed, s.augment) for s in specs} == {
+        (model, "mnist5k", 1, 0, True) for model in ("fc", "cnn", "resnet8")
+    }
+    assert {s.method for s in specs} == {"sgd", "rbd", "fpd", "nes"}
+    assert {s.distribution for s in specs if s.method == "rbd"} == set(DISTRIBUTIONS)
+    assert {s.compartments for s in specs if s.model == "resnet8"} == {"none", "compression:10"}
+    paper = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    for s in specs:  # the paper's MNIST rates (ResNet-8: its CIFAR-10 ones)
+        source = "cifar10" if s.model == "resnet8" else "mnist"
+        assert s.lr == learning_rate(paper, s.method, s.model, source, batch_size=32)
+    real = gpu_check.slice_config("paper", "cuda", "mnist", 1, tmp_path)
+    assert real["data_source"] == {"mnist": str(tmp_path.resolve())}
