@@ -472,8 +472,8 @@ def render(report: dict) -> str:
         f"- torch {host['torch']} (CUDA {host['torch_cuda']}), Python {host['python']}, "
         f"bases version {host['bases_version']}",
         f"- host: {host['cpu_model']}, vector width {host['vector_width']} (torch's CPU "
-        f"capability {host['torch_cpu_capability']}), {host['cores']} cores, engine "
-        f"{host['engine']}",
+        f"capability {host['torch_cpu_capability']}), {host['cores']} cores, the engine's "
+        f"kernels {host['kernels']}",
         f"- {report['started']}, {report['seconds']:.0f} s in all (budget {BUDGET_S} s"
         f"{'' if report['seconds'] <= BUDGET_S else ', OVER'}); command: "
         f"`{report['command']}`",

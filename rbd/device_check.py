@@ -90,7 +90,7 @@ def host_facts() -> dict:
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "bases_version": BASES_VERSION,
-        "engine": "compiled" if native.library() is not None else "eager",
+        "kernels": native.vector_width(),  # what the compiled kernels were built for
     }
 
 
