@@ -157,6 +157,21 @@ class _SeededOptimizer(torch.optim.Optimizer):
         self.stats: Mapping[str, float] = {}
         super().__init__(params, defaults)
 
+    def __getstate__(self) -> dict:
+        """What ``copy.deepcopy`` and ``pickle`` keep. torch.optim keeps defaults, state and
+        param groups only; the settings these optimisers hold as attributes (worker,
+        threads, chunks, compartments, coordinates, cached bases) travel too, so a copy
+        steps exactly as the original. Hooks stay behind, as torch.optim leaves them; the
+        last step's statistics travel as plain floats."""
+        state = super().__getstate__()
+        own = {
+            name: value
+            for name, value in self.__dict__.items()
+            if name not in state and not name.startswith("_optimizer_")
+        }
+        own["stats"] = dict(self.stats)
+        return {**own, **state}
+
     def _check_group(self, group: Mapping, others: list[dict]) -> None:
         """Raise a ValueError naming the first invalid setting of ``group`` (its
         ``params`` may be absent; ``others`` are the groups already there)."""

@@ -7,6 +7,7 @@ separate one-group optimisers, never the multi-group optimiser's own output.
 
 import copy
 import math
+import pickle
 from collections import Counter
 
 import pytest
@@ -368,3 +369,52 @@ def test_nes_step_reads_the_device_once(host_reads, device):
 @pytest.mark.parametrize("cls", [RBD, FPD, NES])
 def test_class_docstrings_state_the_update_as_maths(cls):
     assert ".. math::" in cls.__doc__ and r"\leftarrow" in cls.__doc__
+
+
+# --- copies ----------------------------------------------------------------------------
+
+COPIES = {
+    "deepcopy": copy.deepcopy,
+    "pickle": lambda obj: pickle.loads(pickle.dumps(obj)),
+}
+COPIED_SETTINGS = {
+    RBD: dict(compartments="layer", distribution="rademacher"),
+    FPD: dict(offset=True, cache=True),
+    NES: dict(antithetic=True),
+}
+
+
+def _same_stats(a, b) -> bool:
+    """Equal statistics, NaN (a statistic that does not apply) equal to NaN."""
+    return a.keys() == b.keys() and all(
+        a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a
+    )
+
+
+def _train(model, opt, steps, first_batch):
+    """``steps`` steps on batches first_batch, first_batch + 1, ..."""
+    for index in range(first_batch, first_batch + steps):
+        x, y = batch(index)
+        if isinstance(opt, NES):
+            opt.step(lambda x=x, y=y: loss_of(model, x, y))
+        else:
+            backward(model, [opt], x, y)
+            opt.step()
+
+
+@pytest.mark.parametrize("how", COPIES)
+@pytest.mark.parametrize("cls", [RBD, FPD, NES])
+def test_a_copied_optimiser_steps_exactly_as_the_original(cls, how):
+    """Trainers, tuning tools and spawned processes copy or pickle a model with its
+    optimiser after some steps; the copy goes on exactly as the original would."""
+    model = small_model()
+    opt = cls(model.parameters(), **(BASE | COPIED_SETTINGS[cls]))
+    _train(model, opt, 3, first_batch=1)
+    stats = dict(opt.stats)
+    twin_model, twin = COPIES[how]((model, opt))
+    assert twin.param_groups[0]["params"][0] is next(twin_model.parameters())
+    assert _same_stats(dict(twin.stats), stats)
+    _train(model, opt, 3, first_batch=4)
+    _train(twin_model, twin, 3, first_batch=4)
+    assert torch.equal(flat_params(twin_model), flat_params(model))
+    assert _same_stats(dict(twin.stats), dict(opt.stats))
