@@ -295,10 +295,7 @@ def _cmd_download(args, parser) -> int:
 
     if args.source is not None:
         return _install_from_folder(args, parser)
-    download = getattr(data, "download_dataset", None)
-    if download is None:
-        parser.error("this version cannot download data sets")
-    files = download(args.dataset, args.data_dir)
+    files = data.download_dataset(args.dataset, args.data_dir)
     print(
         f"{args.dataset}: {len(files)} files verified under {data.resolve_data_dir(args.data_dir)}"
     )

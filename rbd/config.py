@@ -177,11 +177,6 @@ def learning_rate(
     return parse_lr(table[pair], f"learning_rates.{method}.{pair}", batch_size=batch_size)
 
 
-def experiment_kind(config: dict, name: str) -> str:
-    """How experiment `name` is rendered (one of KINDS)."""
-    return _experiment(config, name)["kind"]
-
-
 def _experiment(config: dict, name: str) -> dict:
     experiments = config.get("experiments", {})
     if name not in experiments:

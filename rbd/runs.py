@@ -7,7 +7,6 @@ disagree on what a directory holds.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import shlex
 from dataclasses import dataclass, fields
@@ -199,7 +198,3 @@ def _convert(raw: str, type_name: str):
     if "int" in type_name:
         return int(raw)
     return raw
-
-
-def replace(spec: RunSpec, **changes) -> RunSpec:
-    return dataclasses.replace(spec, **changes)

@@ -41,7 +41,6 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.csv"
 RUN_JSON = "run.json"
 TIMING_COLUMNS = ("seconds", "images_per_s")
-STAT_SUMMARIES = ("mean", "std", "min", "max")
 STATUS_DONE, STATUS_DIVERGED = "done", "diverged"
 # NES: each offspring on its own minibatch (the authors'), or all on one.
 NES_BATCHES = ("offspring", "shared")

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT
 
 from rbd.tables import (
     aggregate,
@@ -341,11 +342,20 @@ def test_scaling_table_keeps_timings_per_epoch_and_the_distributed_settings(tmp_
     assert summary.loc[("worker", 1), "val_acc"] == 71.0
 
 
+VERIFICATION_CSV = ROOT / "docs" / "verification" / "full_protocol.csv"
+
+
 def test_table_commands_start_without_torch(tmp_path):
-    """`rbd aggregate` and `rbd render` (17 jobs of the quick preset) never import torch,
-    and aggregation not matplotlib: a second or two per job otherwise."""
+    """`rbd aggregate` and `rbd render` (17 jobs of the quick preset), `rbd pick-lr` and
+    `rbd paper-vs-ours` never import torch, and aggregation not matplotlib: a second or
+    two per job otherwise (and workflow/envs/tables.yaml carries no PyTorch)."""
     paths = [make_run(tmp_path, "sgd", s, acc) for s, acc in enumerate([98.0, 97.0])]
     csv, pdf = tmp_path / "t.csv", tmp_path / "t.pdf"
+    sweep = tmp_path / "sweep.csv"
+    pd.DataFrame(
+        dict(method="rbd", model="fc", dataset="mnist5k", lr=[1.0, 2.0], val_acc=[80.0, 85.0])
+        | dict(status="done", epochs=3, seed=0)
+    ).to_csv(sweep, index=False)
     code = (
         "import sys; from rbd.cli import main; rc = main(sys.argv[1:]);"
         "print(rc, 'torch' in sys.modules, 'matplotlib' in sys.modules)"
@@ -355,6 +365,11 @@ def test_table_commands_start_without_torch(tmp_path):
     for argv, expected in (
         ([*aggregate, str(csv), *map(str, paths)], "0 False False"),
         ([*render, str(csv), "--pdf", str(pdf)], "0 False True"),
+        (["pick-lr", "--csv", str(sweep), "--out", str(tmp_path / "lr.yaml")], "0 False True"),
+        (
+            ["paper-vs-ours", str(VERIFICATION_CSV), "--out", str(tmp_path / "p.pdf")],
+            "0 False True",
+        ),
     ):
         done = subprocess.run(
             [sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True
