@@ -4,6 +4,7 @@ device's values differ, and without CUDA its CUDA mode stops in one line."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import subprocess
@@ -168,3 +169,19 @@ def test_the_paper_slice_is_sixteen_runs_with_the_paper_settings(tmp_path):
         assert s.lr == learning_rate(paper, s.method, s.model, source, batch_size=32)
     real = gpu_check.slice_config("paper", "cuda", "mnist", 1, tmp_path)
     assert real["data_source"] == {"mnist": str(tmp_path.resolve())}
+
+
+def test_the_wheels_for_the_gpu_machine_are_what_it_lacks():
+    """gpu_wheels.py --list: the workflow's and mnist5k's packages at this venv's versions,
+    with what they need, less what the GPU image has (PyTorch above all: gigabytes)."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_wheels.py"), "--list"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    specs = dict(line.split("==") for line in done.stdout.split())
+    for name in ("snakemake", "snakemake-executor-plugin-slurm", "jsonschema", "mlxtend"):
+        assert specs[name] == importlib.metadata.version(name)
+    assert "referencing" in specs  # jsonschema's own need, pulled in by the closure
+    assert not {"torch", "numpy", "pandas", "scipy", "matplotlib"} & specs.keys()
