@@ -45,9 +45,12 @@ typedef uint32_t v16u __attribute__((vector_size(64)));
 static const v16u SHIFT_LOW = {31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16};
 static const v16u SHIFT_HIGH = {15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0};
 
+#define MIX1 0xBF58476D1CE4E5B9ULL /* fmix64's two multipliers */
+#define MIX2 0x94D049BB133111EBULL
+
 static inline uint64_t fmix64(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z = (z ^ (z >> 30)) * MIX1;
+    z = (z ^ (z >> 27)) * MIX2;
     return z ^ (z >> 31);
 }
 
@@ -86,10 +89,10 @@ static void words(uint64_t seed, int64_t first, int64_t count, uint64_t *restric
     int64_t k = 0;
 #if defined(__AVX2__)
     /* Two vectors of 4 words at a time (their multiplies overlap). */
-    const uint64_t m1 = 0xBF58476D1CE4E5B9ULL, m2 = 0x94D049BB133111EBULL;
-    const __m256i c1 = _mm256_set1_epi64x((long long)m1), c2 = _mm256_set1_epi64x((long long)m2);
-    const __m256i s1 = _mm256_set1_epi64x((long long)(m1 << 32 | m1 >> 32));
-    const __m256i s2 = _mm256_set1_epi64x((long long)(m2 << 32 | m2 >> 32));
+    const __m256i c1 = _mm256_set1_epi64x((long long)MIX1);
+    const __m256i c2 = _mm256_set1_epi64x((long long)MIX2);
+    const __m256i s1 = _mm256_set1_epi64x((long long)(MIX1 << 32 | MIX1 >> 32));
+    const __m256i s2 = _mm256_set1_epi64x((long long)(MIX2 << 32 | MIX2 >> 32));
     const __m256i step = _mm256_set1_epi64x((long long)(8 * GAMMA));
     __m256i za = _mm256_setr_epi64x((long long)z, (long long)(z + GAMMA),
                                     (long long)(z + 2 * GAMMA), (long long)(z + 3 * GAMMA));
@@ -190,13 +193,13 @@ static float dot(const float *restrict a, const float *restrict b, int64_t n) {
 #define LANES 4
 #endif
 #define GROUPS (32 / LANES)
+typedef float vf __attribute__((vector_size(4 * LANES)));
+typedef uint32_t vu __attribute__((vector_size(4 * LANES)));
+typedef int32_t vi __attribute__((vector_size(4 * LANES)));
 
 /* The kernels' float lanes per vector (16 AVX-512, 8 AVX/AVX2, 4 SSE/NEON): the width
  * that benchmarks name beside their timings. */
 int rbd_lanes(void) { return LANES; }
-typedef float vf __attribute__((vector_size(4 * LANES)));
-typedef uint32_t vu __attribute__((vector_size(4 * LANES)));
-typedef int32_t vi __attribute__((vector_size(4 * LANES)));
 
 /* Group k of a half: `up` (both broadcast) where the lane's bit is clear, `down` where it is
  * set. AVX-512 takes the 16 bits as the blend mask as they stand; elsewhere each lane tests
