@@ -348,7 +348,7 @@ VERIFICATION_CSV = ROOT / "docs" / "verification" / "full_protocol.csv"
 def test_table_commands_start_without_torch(tmp_path):
     """`rbd aggregate` and `rbd render` (17 jobs of the quick preset), `rbd pick-lr` and
     `rbd paper-vs-ours` never import torch, and aggregation not matplotlib: a second or
-    two per job otherwise (and workflow/envs/tables.yaml carries no PyTorch)."""
+    two per job otherwise."""
     paths = [make_run(tmp_path, "sgd", s, acc) for s, acc in enumerate([98.0, 97.0])]
     csv, pdf = tmp_path / "t.csv", tmp_path / "t.pdf"
     sweep = tmp_path / "sweep.csv"
