@@ -179,7 +179,7 @@ def step_times(
         f"rounds={rounds} best-of={best} device={where} "
         f"load average {load:.1f} on {os.cpu_count()} cores"
     )
-    print(f"engine kernels: {native.vector_width()}")
+    print(f"engine kernels: {native.kernel_width()}")
     print(f"floor: {how}")
     base = medians.get("floor.c gaussian", (float("nan"), 0))[0]
     print(f"{'step':<20} {'ms/step':>9} {'x/floor':>9} {'x/sgd':>9} {'cpu ms':>9}")

@@ -90,7 +90,7 @@ def host_facts() -> dict:
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "bases_version": BASES_VERSION,
-        "kernels": native.vector_width(),  # what the compiled kernels were built for
+        "kernels": native.kernel_width(),  # what the compiled kernels were built for
     }
 
 

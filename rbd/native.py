@@ -182,7 +182,7 @@ def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
-def vector_width() -> str:
+def kernel_width() -> str:
     """The compiled kernels' vector unit, as benchmarks name it beside their timings."""
     lib = library()
     if lib is None:
