@@ -13,10 +13,10 @@ WORKFLOW_START = time.time()
 
 # The preset: a complete --configfile=PATH is used as it is; otherwise the given keys
 # (--config preset=quick, override files) are merged over the named preset's file
-# (config/<preset>.yaml; default paper, config/config.yaml). rbd.config.resolve_preset.
+# (config/<preset>.yaml; default paper, config/config.yaml). rbd.workflow.config.resolve_preset.
 from snakemake.exceptions import WorkflowError
 
-from rbd.config import ConfigError, resolve_preset
+from rbd.workflow.config import ConfigError, resolve_preset
 
 try:
     _resolved = resolve_preset(dict(config), os.path.join(workflow.basedir, "config"))
@@ -53,7 +53,7 @@ onsuccess:
 
 onerror:
     stop_warm_start()
-    from rbd.workflow import failed_job_logs
+    from rbd.workflow.snakemake import failed_job_logs
 
     failed = failed_job_logs("logs", since=WORKFLOW_START)
     print(

@@ -28,8 +28,8 @@ import torch
 from bench_engine import NaiveRBD, _vm_hwm_kib, time_steps
 from torch import nn
 
-from rbd.models import build_model, count_params
 from rbd.optim import RBD, module_loss
+from rbd.train.models import build_model, count_params
 
 ACCEPT = 25.0
 SHAPE = (1, 28, 28)

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rbd.distributed import DistributedRBD, Group  # noqa: E402
-from rbd.models import build_model  # noqa: E402
+from rbd.optim.distributed import DistributedRBD, Group  # noqa: E402
+from rbd.train.models import build_model  # noqa: E402
 
 BATCH = 32
 MODES = ("worker", "shared", "split")

@@ -38,10 +38,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rbd import native
-from rbd.models import build_model, count_params
+from rbd.bases import DISTRIBUTIONS, native
 from rbd.optim import RBD
-from rbd.projection import DISTRIBUTIONS
+from rbd.train.models import build_model, count_params
 
 
 class NaiveRBD(torch.optim.Optimizer):

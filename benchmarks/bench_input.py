@@ -6,7 +6,8 @@ per-image standardisation), time SGD steps (batch 32) two ways on the same synth
 - ``premade``: batches sliced in advance from tensors that are already preprocessed; each
   step is forward, backward and update only.
 - ``augmented``: each step gathers a shuffled batch from the data tensor, augments it with
-  `rbd.data.Augmentation` (seeded generator) and applies `rbd.data.preprocess`, as training does.
+  `rbd.train.data.Augmentation` (seeded generator) and applies
+  `rbd.train.data.preprocess`, as training does.
 
 The two run interleaved, `--repeats` times each, and the fastest repeat of each counts, so
 that other load on the machine shows up as little as possible. The table gives images per
@@ -24,8 +25,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from rbd.data import INPUT_SHAPES, Augmentation, preprocess
-from rbd.models import build_model
+from rbd.train.data import INPUT_SHAPES, Augmentation, preprocess
+from rbd.train.models import build_model
 
 CASES = (("cnn", "mnist"), ("resnet8", "cifar10"))
 

@@ -15,7 +15,7 @@ report says why) or SKIPPED (``--sections`` left it out):
    (three structured blocks): dense rows must be the same bits, structured rows equal to
    float rounding; then ``project`` (coordinates and update) to float rounding, and
    ``expand`` of the device's coordinates bit for bit equal to its update
-   (docs/CONTRACTS.md; the rules are in rbd/device_check.py).
+   (docs/CONTRACTS.md; the rules are in rbd/bases/device_check.py).
 3. ``timing``: one optimiser step (``opt.step()``, the gradient given) and one whole
    training step (forward, backward, step; NES: its d + 1 forward passes) of RBD with each
    distribution, FPD, NES and SGD on fc and cnn (MNIST's 28x28x1) and resnet8 (CIFAR-10's
@@ -76,10 +76,15 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's rbd, whatever else is installed
 
-from rbd import device_check  # noqa: E402
-from rbd.models import build_model, count_params  # noqa: E402
+from rbd.bases import (  # noqa: E402
+    DISTRIBUTIONS,
+    STRUCTURED,
+    device_check,  # noqa: E402
+    padded_size,
+    step_seeds,
+)
 from rbd.optim import build_optimizer  # noqa: E402
-from rbd.projection import DISTRIBUTIONS, STRUCTURED, padded_size, step_seeds  # noqa: E402
+from rbd.train.models import build_model, count_params  # noqa: E402
 
 SECTIONS = ("tests", "bits", "timing", "workflow")
 BUDGET_S = 480
@@ -307,7 +312,7 @@ def section_timing(args, device: torch.device) -> dict:
 
 def slice_config(name: str, device: str, dataset: str, epochs: int, mnist: Path | None) -> dict:
     """The paper preset with its experiments cut to ``SLICES[name]`` on ``dataset``."""
-    from rbd.config import validate_config
+    from rbd.workflow.config import validate_config
 
     paper = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     config = dict(paper, preset="gpu-check", device=device, data_dir="resources/data")
@@ -348,7 +353,7 @@ def most_at_once(records: list[dict]) -> int:
 
 
 def section_workflow(args, device: torch.device) -> dict:
-    from rbd.config import experiment_runs
+    from rbd.workflow.config import experiment_runs
 
     if importlib.util.find_spec("snakemake") is None:
         raise CheckError(

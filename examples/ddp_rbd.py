@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from rbd.ddp_hook import RBDHookState, rbd_hook
+from rbd.optim.ddp_hook import RBDHookState, rbd_hook
 
 
 def parse_args() -> argparse.Namespace:

@@ -37,7 +37,7 @@ _non_negative_int = _int_at_least(0)
 
 
 def _learning_rate(text: str) -> float:
-    from rbd.config import ConfigError, parse_lr
+    from rbd.workflow.config import ConfigError, parse_lr
 
     try:
         return parse_lr(float(text) if _is_number(text) else text)
@@ -68,11 +68,15 @@ DOWNLOAD_HELP = "fetch a data set into the data directory (needs internet, unles
 
 
 def _add_train_parser(sub) -> None:
-    from rbd.data import DATASETS
-    from rbd.models import INITS, MODELS
+    # The data sets first: without the train extra, the missing numpy fails here, in one
+    # line, before torch is imported (and warns that numpy is missing).
+    from rbd.train.data import DATASETS
+
+    # isort: split
+    from rbd.bases import DISTRIBUTIONS
     from rbd.optim import COMPARTMENT_SCALES, METHODS
-    from rbd.projection import DISTRIBUTIONS
-    from rbd.train import NES_BATCHES
+    from rbd.train.models import INITS, MODELS
+    from rbd.train.settings import NES_BATCHES
 
     p = sub.add_parser("train", help=TRAIN_HELP)
     p.add_argument("--method", required=True, choices=METHODS)
@@ -197,7 +201,7 @@ def _add_train_parser(sub) -> None:
 def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
     import re
 
-    from rbd.train import TrainConfig
+    from rbd.train.settings import TrainConfig
 
     checks = {
         "--compartments": (
@@ -235,7 +239,8 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
 
 
 def _cmd_train(args, parser) -> int:
-    from rbd.train import check_settings, train
+    from rbd.train.loop import train
+    from rbd.train.settings import check_settings
 
     cfg = _train_config(args, parser)
     try:
@@ -243,7 +248,7 @@ def _cmd_train(args, parser) -> int:
     except ValueError as err:
         parser.error(str(err))
     if cfg.workers is not None:
-        from rbd.launch import launch
+        from rbd.train.launch import launch
 
         record = launch(cfg, args.out)
     else:
@@ -254,7 +259,7 @@ def _cmd_train(args, parser) -> int:
 
 
 def _add_download_parser(sub) -> None:
-    from rbd.data import DATASETS
+    from rbd.train.data import DATASETS
 
     p = sub.add_parser("download", help=DOWNLOAD_HELP)
     p.add_argument("--dataset", required=True, choices=DATASETS)
@@ -272,7 +277,7 @@ def _add_download_parser(sub) -> None:
 
 
 def _install_from_folder(args, parser) -> int:
-    from rbd import data
+    from rbd.train import data
 
     if args.dataset not in data.IDX_MD5:
         parser.error(
@@ -291,7 +296,7 @@ def _install_from_folder(args, parser) -> int:
 
 
 def _cmd_download(args, parser) -> int:
-    from rbd import data
+    from rbd.train import data
 
     if args.source is not None:
         return _install_from_folder(args, parser)
@@ -316,9 +321,9 @@ def _add_aggregate_parser(sub) -> None:
 
 
 def _cmd_aggregate(args, parser) -> int:
-    from rbd.config import KINDS
-    from rbd.io import write_text
-    from rbd.tables import experiment_table
+    from rbd.report.kinds import KINDS
+    from rbd.report.tables import experiment_table
+    from rbd.train.io import write_text
 
     if args.kind not in KINDS:
         parser.error(
@@ -331,7 +336,7 @@ def _cmd_aggregate(args, parser) -> int:
 
 
 def _add_render_parser(sub) -> None:
-    from rbd.config import FIGURE_TABLE_KINDS, TABLE_KINDS
+    from rbd.report.kinds import FIGURE_TABLE_KINDS, TABLE_KINDS
 
     p = sub.add_parser("render", help="render an aggregated table as PDF, Markdown and LaTeX")
     p.add_argument("--experiment", required=True)
@@ -347,7 +352,7 @@ def _add_render_parser(sub) -> None:
 def _cmd_render(args, parser) -> int:
     import pandas as pd
 
-    from rbd.tables import render
+    from rbd.report.tables import render
 
     table = pd.read_csv(args.csv, keep_default_na=False, na_values=[""])
     render(
@@ -363,7 +368,7 @@ def _cmd_render(args, parser) -> int:
 
 
 def _add_plot_parser(sub) -> None:
-    from rbd.config import FIGURE_KINDS
+    from rbd.report.kinds import FIGURE_KINDS
 
     p = sub.add_parser("plot", help="draw an experiment's figure (PDF) from its tidy CSV")
     p.add_argument("--experiment", required=True)
@@ -377,8 +382,8 @@ def _add_plot_parser(sub) -> None:
 def _cmd_plot(args, parser) -> int:
     import pandas as pd
 
-    from rbd.plots import plot
-    from rbd.style import save_pdf
+    from rbd.report.plots import plot
+    from rbd.report.style import save_pdf
 
     data = pd.read_csv(args.csv, keep_default_na=False, na_values=[""])
     save_pdf(plot(args.kind, data, args.description or args.experiment), args.pdf)
@@ -405,9 +410,9 @@ def _add_paper_vs_ours_parser(sub) -> None:
 
 
 def _cmd_paper_vs_ours(args, parser) -> int:
-    from rbd.comparison import comparison_cells, read_comparison
-    from rbd.plots import plot_paper_vs_ours
-    from rbd.style import save_figure
+    from rbd.report.comparison import comparison_cells, read_comparison
+    from rbd.report.plots import plot_paper_vs_ours
+    from rbd.report.style import save_figure
 
     if args.out.suffix.lower() not in (".pdf", ".png", ".svg"):
         parser.error(f"argument --out: write a .pdf, .png or .svg, not {args.out.name!r}")
@@ -440,8 +445,8 @@ def _add_pick_lr_parser(sub) -> None:
 def _cmd_pick_lr(args, parser) -> int:
     import pandas as pd
 
-    from rbd.io import write_text
-    from rbd.plots import best_learning_rates, lr_snippet
+    from rbd.report.rates import best_learning_rates, lr_snippet
+    from rbd.train.io import write_text
 
     runs = pd.read_csv(args.csv, keep_default_na=False, na_values=[""])
     epochs = sorted(set(runs["epochs"])) if "epochs" in runs else []
@@ -468,7 +473,7 @@ def _add_check_parser(sub) -> None:
 
 
 def _cmd_check(args, parser) -> int:
-    from rbd.config import (
+    from rbd.workflow.config import (
         DEFAULT_SCHEMA,
         ConfigError,
         experiment_runs,
@@ -547,11 +552,11 @@ def _command(argv: list[str]) -> str | None:
 
 def _is_user_error(err: Exception) -> bool:
     """A bad run directory or data set: one line that says what to fix, no traceback. The
-    data errors live in rbd.data (which imports torch); a command that never imported it
+    data errors live in rbd.train.data (which imports torch); a command that never imported it
     cannot have raised one."""
-    from rbd.runs import RunDirectoryError
+    from rbd.train.runs import RunDirectoryError
 
-    data = sys.modules.get("rbd.data")
+    data = sys.modules.get("rbd.train.data")
     return isinstance(err, RunDirectoryError) or (
         data is not None and isinstance(err, data.RbdDataError)
     )

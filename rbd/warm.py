@@ -116,7 +116,7 @@ def serve(socket_path: str, owner: int | None = None) -> int:
     SIGTERM arrives, or the socket at that path is no longer this server's."""
     import torch._dynamo  # noqa: F401  (imported by the first torch.optim optimiser)
 
-    import rbd.train  # noqa: F401  (everything a training imports, paid once)
+    import rbd.train.loop  # noqa: F401  (everything a training imports, paid once)
     from rbd.cli import build_parser
 
     build_parser("train")  # imports what the parser's choices come from

@@ -14,10 +14,11 @@ import yaml
 from test_optim import batch, small_model
 from torch import nn
 
-from rbd.config import expand_experiment, learning_rate, parse_lr
+from rbd.bases import direction_seed, generate_directions, step_seeds
 from rbd.optim import FPD, NES, RBD, compartment_ranges
-from rbd.projection import direction_seed, generate_directions, step_seeds
-from rbd.train import TrainConfig, train
+from rbd.train.loop import train
+from rbd.train.settings import TrainConfig
+from rbd.workflow.config import expand_experiment, learning_rate, parse_lr
 
 PAPER = yaml.safe_load(open("config/config.yaml"))
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rbd.models import build_model, count_params
+from rbd.bases import generate_directions, step_seeds
 from rbd.optim import build_optimizer
-from rbd.projection import generate_directions, step_seeds
-from rbd.train import _train_step
+from rbd.train.models import build_model, count_params
+from rbd.train.steps import train_step
 
 
 @pytest.mark.parametrize("method", ["sgd", "rbd", "fpd", "nes"])
@@ -26,7 +26,7 @@ def test_running_statistics_move_exactly_as_one_forward_pass(method):
         reference(x)
     opt = build_optimizer(method, model.parameters(), lr=1e-3, dim=20, seed=0)
     model.train()
-    _train_step(model, opt, method, x, y)
+    train_step(model, opt, x, y)
     for (name, got), want in zip(model.named_buffers(), reference.buffers(), strict=True):
         assert torch.equal(got, want), name
     # The statistics are not parameters, so no optimiser ever projects them.
@@ -36,7 +36,7 @@ def test_running_statistics_move_exactly_as_one_forward_pass(method):
 
 
 def test_nes_offspring_update_moves_statistics_once_on_its_first_minibatch():
-    from rbd.train import _nes_offspring_step
+    from rbd.train.steps import nes_offspring_step
 
     torch.manual_seed(0)
     model = build_model("resnet8", (3, 32, 32))
@@ -47,7 +47,7 @@ def test_nes_offspring_update_moves_statistics_once_on_its_first_minibatch():
         reference(batches[0][0])
     opt = build_optimizer("nes", model.parameters(), lr=1e-3, dim=3, seed=0)
     model.train()
-    loss, correct, seen = _nes_offspring_step(model, opt, batches)
+    loss, correct, seen = nes_offspring_step(model, opt, batches)
     for (name, got), want in zip(model.named_buffers(), reference.buffers(), strict=True):
         assert torch.equal(got, want), name
     # The offspring's counts, computed here: offspring i is the starting weights plus

@@ -9,9 +9,9 @@ import copy
 import pytest
 import torch
 
-from rbd.models import build_model
 from rbd.optim import build_optimizer
-from rbd.train import _on_device
+from rbd.train.loop import _on_device
+from rbd.train.models import build_model
 
 SETTINGS = {
     "rbd": {"lr": 0.5, "dim": 16},

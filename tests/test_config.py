@@ -10,7 +10,13 @@ import pytest
 import yaml
 from conftest import ROOT, run_rbd
 
-from rbd.config import ConfigError, expand_experiment, load_config_files, parse_lr, validate_config
+from rbd.workflow.config import (
+    ConfigError,
+    expand_experiment,
+    load_config_files,
+    parse_lr,
+    validate_config,
+)
 
 QUICK = yaml.safe_load((ROOT / "config/quick.yaml").read_text())
 PAPER = yaml.safe_load((ROOT / "config/config.yaml").read_text())
@@ -274,9 +280,9 @@ def test_equal_runs_of_two_experiments_have_one_key():
 
 
 def test_min_num_params_is_the_smallest_model():
-    from rbd.config import MIN_NUM_PARAMS
-    from rbd.data import INPUT_SHAPES
-    from rbd.models import MODELS, build_model, count_params
+    from rbd.train.data import INPUT_SHAPES
+    from rbd.train.models import MODELS, build_model, count_params
+    from rbd.workflow.config import MIN_NUM_PARAMS
 
     sizes = [count_params(build_model(m, shape)) for m in MODELS for shape in INPUT_SHAPES.values()]
     assert MIN_NUM_PARAMS == min(sizes)

@@ -8,8 +8,9 @@ import shlex
 import pytest
 from test_workflow import _train_resources, snakemake
 
-from rbd.cost import NUM_PARAMS, OVERHEAD_MIN, runtime_minutes
-from rbd.runs import RunSpec
+from rbd.train.runs import RunSpec
+from rbd.train.sizes import NUM_PARAMS
+from rbd.workflow.cost import OVERHEAD_MIN, runtime_minutes
 
 
 def spec(**changes):
@@ -19,7 +20,7 @@ def spec(**changes):
 
 
 def test_parameter_counts_are_the_models():
-    from rbd.models import build_model, count_params
+    from rbd.train.models import build_model, count_params
 
     for (model, shape), d in NUM_PARAMS.items():
         size = tuple(int(v) for v in shape.split("x"))

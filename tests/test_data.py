@@ -1,4 +1,5 @@
-"""rbd.data: files written in torchvision's on-disk formats, loaded through the real code path."""
+"""rbd.train.data: files written in torchvision's on-disk formats, loaded through the real
+code path."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 import torchvision
 
-from rbd import data
+from rbd.train import data
 
 TRAIN_N, TEST_N, VAL_N = 60, 20, 10
 

@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from conftest import ROOT
 from torch.nn.parallel import DistributedDataParallel
 
-from rbd.ddp_hook import RBDHookState, rbd_hook
-from rbd.projection import generate_directions, step_seeds
+from rbd.bases import generate_directions, step_seeds
+from rbd.optim.ddp_hook import RBDHookState, rbd_hook
 
 WORKERS, STEPS, BATCH, DIM, SEED, LR = 2, 10, 8, 6, 11, 0.2
 # 100 bytes: DDP closes a bucket once it holds 25 floats, so the model's four
 # tensors (3 + 24 and 8 + 48 numbers) fall into two buckets, two compartments
-# (after the first step: see rbd.ddp_hook on how DDP forms buckets).
+# (after the first step: see rbd.optim.ddp_hook on how DDP forms buckets).
 BUCKET_CAP_MB = 100 / 2**20
 # What the README shows, run as it is by the last test.
 EXAMPLE_COMMAND = ".venv/bin/torchrun --standalone --nproc_per_node 2 examples/ddp_rbd.py"

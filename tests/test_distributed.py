@@ -18,13 +18,14 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from conftest import run_rbd
 
-import rbd.train as train_module
-from rbd.distributed import TIMING_COLUMNS as DIST_TIMING
-from rbd.distributed import DistributedRBD, Group
-from rbd.launch import launch
-from rbd.models import build_model
-from rbd.projection import expand, project, step_seeds
-from rbd.train import TIMING_COLUMNS, TrainConfig, train
+import rbd.train.steps as steps_module
+from rbd.bases import expand, project, step_seeds
+from rbd.optim import build_optimizer
+from rbd.optim.distributed import STEP_TIME_COLUMNS, DistributedRBD, Group
+from rbd.train.launch import launch
+from rbd.train.loop import EPOCH_TIME_COLUMNS, train
+from rbd.train.models import build_model
+from rbd.train.settings import TrainConfig
 
 WORKERS, DIM, LR, SEED, STEPS, BATCH = 2, 40, 4.0, 5, 3, 16
 MODES = (("worker", "sum"), ("split", "sum"), ("shared", "mean"))
@@ -147,8 +148,8 @@ def test_one_worker_is_plain_rbd():
     x, y = _data()
     a, b = _model(), _model()
     opt_a = DistributedRBD(a.parameters(), group, lr=LR, dim=DIM, seed=SEED)
-    opt_b = train_module.build_optimizer("rbd", b.parameters(), lr=LR, dim=DIM, seed=SEED)
-    opt_b.workers = opt_a.workers
+    opt_b = build_optimizer("rbd", b.parameters(), lr=LR, dim=DIM, seed=SEED)
+    opt_b.threads = opt_a.threads
     for t in range(STEPS):
         for model, opt in ((a, opt_a), (b, opt_b)):
             opt.zero_grad()
@@ -178,7 +179,7 @@ def test_two_workers_reach_the_accuracy_band_of_one(tmp_path):
     assert abs(two["val_acc"].iloc[-1] - one["val_acc"].iloc[-1]) < 5
     assert (two["bytes_per_step"] == 2 * 250 * 4).all()
     assert (two["sgd_bytes_per_step"] == 101_770 * 4).all()
-    assert (two[list(DIST_TIMING)] >= 0).all().all()
+    assert (two[list(STEP_TIME_COLUMNS)] >= 0).all().all()
     assert not (tmp_path / "two" / "checkpoint.pt").exists()
 
 
@@ -191,7 +192,7 @@ def _config(**settings) -> TrainConfig:
 
 def _interrupted(rank: int, cfg: TrainConfig, out: str, store: str) -> None:
     """A worker whose 5th step (second epoch) raises, on every worker alike."""
-    real, calls = train_module._train_step, {"n": 0}
+    real, calls = steps_module.train_step, {"n": 0}
 
     def step(*args, **kwargs):
         calls["n"] += 1
@@ -199,7 +200,7 @@ def _interrupted(rank: int, cfg: TrainConfig, out: str, store: str) -> None:
             raise RuntimeError("interrupted")
         return real(*args, **kwargs)
 
-    train_module._train_step = step
+    steps_module.train_step = step
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
         train(cfg, out, group=Group(rank, 2, torch.device("cpu")))
@@ -208,7 +209,7 @@ def _interrupted(rank: int, cfg: TrainConfig, out: str, store: str) -> None:
 
 
 def _metrics(run_dir):
-    drop = list(TIMING_COLUMNS) + list(DIST_TIMING)
+    drop = list(EPOCH_TIME_COLUMNS) + list(STEP_TIME_COLUMNS)
     return pd.read_csv(run_dir / "metrics.csv").drop(columns=drop)
 
 
@@ -235,8 +236,8 @@ def test_two_workers_resume_mid_epoch_to_the_same_metrics(tmp_path):
 
 LAUNCH_AFTER_OPENMP = """
 import sys, torch
-from rbd.launch import launch
-from rbd.train import TrainConfig
+from rbd.train.launch import launch
+from rbd.train.settings import TrainConfig
 torch.set_num_threads(2)
 torch.ones(512, 512) @ torch.ones(512, 512)  # the parent's OpenMP threads exist
 cfg = TrainConfig(method="rbd", model="fc", dataset="mnist5k", dim=10, distribution="gaussian",

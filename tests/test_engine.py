@@ -10,14 +10,14 @@ import sys
 import pytest
 import torch
 
-from rbd import native
-from rbd.projection import (
+from rbd.bases import (
     DENSE,
-    coordinates,
     default_chunk_size,
     expand,
     generate_directions,
+    native,
     project,
+    project_coordinates,
     step_seeds,
 )
 
@@ -32,7 +32,7 @@ def _with_engine(monkeypatch, choice, fn):
         monkeypatch.delenv("RBD_ENGINE")
 
 
-def _columns(seeds, size, distribution, chunk_size, workers):
+def _columns(seeds, size, distribution, chunk_size, threads):
     """Phi's columns as ``project`` sees them: for g = e_j (raw rows, normalize=False),
     c_i = <phi_i, e_j> = phi_ij exactly, since every other product is 0 * x."""
     cols = []
@@ -40,7 +40,7 @@ def _columns(seeds, size, distribution, chunk_size, workers):
         g = torch.zeros(size)
         g[j] = 1.0
         coords, _ = project(
-            g, seeds, distribution, normalize=False, chunk_size=chunk_size, workers=workers
+            g, seeds, distribution, normalize=False, chunk_size=chunk_size, threads=threads
         )
         cols.append(coords)
     return torch.stack(cols)
@@ -88,7 +88,7 @@ def _assert_products_match_dense(distribution, dim, monkeypatch, choices):
 
         def products():
             c, u = project(g, seeds, distribution, chunk_size=dim)
-            c_only = coordinates(g, seeds, distribution, chunk_size=dim)
+            c_only = project_coordinates(g, seeds, distribution, chunk_size=dim)
             return c, u, c_only, expand(c, seeds, SIZE, distribution, chunk_size=dim)
 
         c, u, c_only, u_from_c = _with_engine(monkeypatch, choice, products)
@@ -178,7 +178,7 @@ def test_no_compiler_falls_back_to_the_same_bits(tmp_path):
     """With no C compiler on PATH (and a fresh cache) the engine logs why and draws the
     same directions on the eager path; RBD_ENGINE=compiled makes it an error instead."""
     code = (
-        "import torch; from rbd.projection import generate_directions, step_seeds;"
+        "import torch; from rbd.bases import generate_directions, step_seeds;"
         "x = generate_directions(step_seeds(1, 0, 0, 0, 3), 500, 'gaussian');"
         "print(float(x.double().sum()))"
     )
@@ -214,7 +214,7 @@ def test_a_compiler_without_native_flags_builds_for_the_baseline(tmp_path):
     )
     fake.chmod(0o755)
     code = (
-        "from rbd.projection import generate_directions, step_seeds;"
+        "from rbd.bases import generate_directions, step_seeds;"
         "x = generate_directions(step_seeds(1, 0, 0, 0, 3), 500, 'gaussian');"
         "print(float(x.double().sum()))"
     )

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from rbd import native
-from rbd.projection import (
-    _KERNEL_CODE,
+from rbd.bases import (
     DENSE,
+    KERNEL_CODE,
     generate_directions,
+    native,
     normal_quantile_table,
     step_seeds,
 )
@@ -42,7 +42,7 @@ def _tools():
 
 def _run(exe: Path, qemu: str, distribution: str, seeds, g, tmp_path: Path):
     scale = np.float32(1.0 / SIZE**0.5)
-    head = np.array([len(seeds), SIZE, _KERNEL_CODE[distribution]], dtype=np.int64)
+    head = np.array([len(seeds), SIZE, KERNEL_CODE[distribution]], dtype=np.int64)
     data = b"".join(
         [
             head.tobytes(),

@@ -14,8 +14,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-from rbd import device_check
-from rbd.projection import DENSE, DISTRIBUTIONS
+from rbd.bases import DENSE, DISTRIBUTIONS, device_check
 
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 _spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
@@ -152,7 +151,7 @@ def test_the_paper_slice_is_sixteen_runs_with_the_paper_settings(tmp_path):
     key of the paper preset breaks this test, not the one GPU run)."""
     import yaml
 
-    from rbd.config import experiment_runs, learning_rate
+    from rbd.workflow.config import experiment_runs, learning_rate
 
     config = gpu_check.slice_config("paper", "cuda", "mnist5k", 1, None)
     specs = {spec for runs in experiment_runs(config).values() for spec in runs}

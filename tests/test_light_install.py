@@ -35,7 +35,7 @@ ONE_RBD_STEP = textwrap.dedent(f"""
     import sys
     import torch
     by_torch = set(sys.modules)
-    import rbd, rbd.ddp_hook, rbd.projection
+    import rbd, rbd.bases, rbd.optim.ddp_hook, rbd.optim.distributed
     from rbd.optim import RBD
 
     model = torch.nn.Linear(5, 2)

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from conftest import ROOT, run_rbd
 
-from rbd import data
+from rbd.train import data
 
 SHARED = Path(
     os.environ.get("RBD_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared/data"

@@ -1,4 +1,4 @@
-"""rbd.models: the paper's parameter counts, shapes and batch-norm handling."""
+"""rbd.train.models: the paper's parameter counts, shapes and batch-norm handling."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from rbd.models import MODELS, build_model, count_params
+from rbd.train.models import MODELS, build_model, count_params
 
 MNIST, CIFAR = (1, 28, 28), (3, 32, 32)
 
@@ -20,7 +20,7 @@ MNIST, CIFAR = (1, 28, 28), (3, 32, 32)
         ("fc", CIFAR, 394_634),
         ("cnn", MNIST, 93_322),
         ("cnn", CIFAR, 122_570),
-        ("resnet8", CIFAR, 78_330),  # the paper's D; see rbd.models.ResNet8
+        ("resnet8", CIFAR, 78_330),  # the paper's D; see rbd.train.models.ResNet8
         ("resnet8", MNIST, 78_042),  # only the first convolution sees fewer channels
     ],
 )

@@ -18,18 +18,19 @@ import pytest
 import torch
 from torch import nn
 
-from rbd import native
-from rbd.optim import build_optimizer
-from rbd.projection import (
+from rbd.bases import (
     DENSE,
     DISTRIBUTIONS,
     STRUCTURED,
     expand,
     generate_directions,
+    native,
     project,
     step_seeds,
 )
-from rbd.train import TrainConfig, train
+from rbd.optim import build_optimizer
+from rbd.train.loop import train
+from rbd.train.settings import TrainConfig
 
 # Run seeds, and a step, whose directions are drawn: three seeds' worth of rows.
 RUN_SEEDS = (0, 1, 12_345)

@@ -9,8 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from rbd.optim import FPD, METHODS, NES, RBD, build_optimizer, compartment_ranges, module_loss
-from rbd.projection import direction_seed, generate_directions, project
+from rbd.bases import direction_seed, generate_directions, project
+from rbd.optim import (
+    FPD,
+    METHODS,
+    NES,
+    RBD,
+    build_optimizer,
+    compartment_ranges,
+    module_loss,
+)
 
 
 def small_model(seed=0):
@@ -109,7 +117,7 @@ def test_resume_from_state_dict_is_exact(method):
     run_steps(opt_b, model_b, 2, closure)
     assert torch.equal(flat_params(model_a), flat_params(model_b))
     if method == "fpd":
-        for a, b in zip(opt_a.coordinates, opt_b.coordinates, strict=True):
+        for a, b in zip(opt_a.subspace_coordinates, opt_b.subspace_coordinates, strict=True):
             assert torch.equal(a, b)
 
 
@@ -188,7 +196,7 @@ def test_fpd_equals_autograd_on_coordinates(compartments):
     expected = (theta0 + phi.t() @ c).detach()
     got = flat_params(model).double()
     assert float((got - expected).norm() / (expected - theta0).norm()) < 1e-5
-    coords = torch.cat(opt.coordinates).double()
+    coords = torch.cat(opt.subspace_coordinates).double()
     assert float((coords - c.detach()).norm() / c.detach().norm()) < 1e-5
 
 

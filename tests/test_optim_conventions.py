@@ -154,7 +154,9 @@ def test_added_group_is_trained_by_the_next_step(cls):
     torch.testing.assert_close(flat(second), want, rtol=0, atol=1e-6)
     assert opt.param_groups[1]["step"] == 1 and opt.param_groups[0]["step"] == 2
     if cls is FPD:
-        torch.testing.assert_close(opt.coordinates[1].double(), -0.2 * coords, rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            opt.subspace_coordinates[1].double(), -0.2 * coords, rtol=0, atol=1e-6
+        )
 
 
 def test_added_nes_group_is_trained_by_the_next_step():
@@ -199,8 +201,8 @@ def test_optimiser_attributes_are_validated_naming_them():
     params = small_model().parameters
     with pytest.raises(ValueError, match="Invalid chunk_size:"):
         RBD(params(), chunk_size=0)
-    with pytest.raises(ValueError, match="Invalid workers:"):
-        FPD(params(), workers=0)
+    with pytest.raises(ValueError, match="Invalid threads:"):
+        FPD(params(), threads=0)
     with pytest.raises(ValueError, match="Invalid worker:"):
         NES(params(), worker=-1)
 
@@ -418,3 +420,11 @@ def test_a_copied_optimiser_steps_exactly_as_the_original(cls, how):
     _train(twin_model, twin, 3, first_batch=4)
     assert torch.equal(flat_params(twin_model), flat_params(model))
     assert _same_stats(dict(twin.stats), dict(opt.stats))
+
+
+def test_the_old_name_workers_still_sets_threads_with_a_warning():
+    """RBD(workers=n) named threads before `workers` came to mean processes."""
+    model = torch.nn.Linear(4, 3)
+    with pytest.warns(DeprecationWarning, match="threads"):
+        opt = RBD(model.parameters(), lr=0.1, dim=5, workers=2)
+    assert opt.threads == 2

@@ -2,7 +2,7 @@
 
 Each check reads the numbers off the matplotlib artists (the errorbar markers and
 segments, the shaded bands, the row texts) and compares them with the CSV as written
-here or as committed, never with numbers computed by `rbd.comparison`.
+here or as committed, never with numbers computed by `rbd.report.comparison`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from conftest import ROOT
 from test_tables import is_pdf
 
 from rbd.cli import main
-from rbd.comparison import comparison_cells, read_comparison
-from rbd.plots import OFF_GID, plot_paper_vs_ours
+from rbd.report.comparison import comparison_cells, read_comparison
+from rbd.report.plots import OFF_GID, plot_paper_vs_ours
 
 COMMITTED = ROOT / "docs/verification/full_protocol.csv"
 HEADER = (

@@ -12,9 +12,11 @@ from conftest import ROOT, run_rbd
 from matplotlib.figure import Figure
 from test_tables import _timed, is_pdf, make_run
 
-from rbd.config import FIGURE_KINDS, TABLE_KINDS, expand_experiment, validate_config
-from rbd.plots import best_learning_rates, lr_snippet, plot
-from rbd.tables import experiment_table, render, table_figure
+from rbd.report.kinds import FIGURE_KINDS, TABLE_KINDS
+from rbd.report.plots import plot
+from rbd.report.rates import best_learning_rates, lr_snippet
+from rbd.report.tables import experiment_table, render, table_figure
+from rbd.workflow.config import expand_experiment, validate_config
 
 SCHEMA = ROOT / "config/schemas/config.schema.yaml"
 
@@ -156,9 +158,9 @@ import matplotlib
 matplotlib.use("svg")
 rc_before = dict(matplotlib.rcParams)
 import pandas as pd
-import rbd.plots, rbd.tables
+import rbd.report.plots, rbd.report.tables
 assert matplotlib.get_backend() == "svg", "import: " + matplotlib.get_backend()
-fig = rbd.plots.plot("curves", pd.read_csv(sys.argv[1]), "t")
+fig = rbd.report.plots.plot("curves", pd.read_csv(sys.argv[1]), "t")
 assert type(fig).__name__ == "Figure", type(fig)
 assert matplotlib.get_backend() == "svg", "drawing: " + matplotlib.get_backend()
 changed = sorted(k for k, v in matplotlib.rcParams.items() if rc_before.get(k) != v)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from rbd.projection import (
+from rbd.bases import (
     DENSE,
     DISTRIBUTIONS,
     direction_seed,
@@ -217,19 +217,19 @@ def test_worker_threads_do_not_change_the_result(distribution):
     torch.manual_seed(2)
     g = torch.randn(20_000)
     seeds = seeds_for(30, seed=3)
-    one = project(g, seeds, distribution, chunk_size=4, workers=1)
+    one = project(g, seeds, distribution, chunk_size=4, threads=1)
     for _ in range(2):
-        # Fixed chunk size and workers: bit for bit.
+        # Fixed chunk size and threads: bit for bit.
         assert all(
             torch.equal(a, b)
             for a, b in zip(
-                one, project(g, seeds, distribution, chunk_size=4, workers=1), strict=True
+                one, project(g, seeds, distribution, chunk_size=4, threads=1), strict=True
             )
         )
-    three = project(g, seeds, distribution, chunk_size=4, workers=3)
-    assert torch.equal(three[0], one[0])  # coordinates do not depend on workers
+    three = project(g, seeds, distribution, chunk_size=4, threads=3)
+    assert torch.equal(three[0], one[0])  # coordinates do not depend on threads
     assert rel_err(three[1], one[1]) < 1e-6
-    again = project(g, seeds, distribution, chunk_size=4, workers=3)
+    again = project(g, seeds, distribution, chunk_size=4, threads=3)
     assert torch.equal(again[1], three[1])
 
 
@@ -247,13 +247,13 @@ def test_expand_rebuilds_the_update_from_coordinates(distribution):
 
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 def test_coordinates_alone_equal_projects_coordinates(distribution):
-    """coordinates() is project()'s first output, bit for bit, without the update."""
-    from rbd.projection import coordinates
+    """project_coordinates() is project()'s first output, bit for bit, without the update."""
+    from rbd.bases import project_coordinates
 
     g = torch.randn(5000, generator=torch.Generator().manual_seed(9))
     seeds = seeds_for(37, seed=2)
-    for kwargs in ({}, {"normalize": False}, {"chunk_size": 5, "workers": 2}):
+    for kwargs in ({}, {"normalize": False}, {"chunk_size": 5, "threads": 2}):
         assert torch.equal(
-            coordinates(g, seeds, distribution, **kwargs),
+            project_coordinates(g, seeds, distribution, **kwargs),
             project(g, seeds, distribution, **kwargs)[0],
         )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-import rbd.train as train_module
-from rbd.train import TIMING_COLUMNS, TrainConfig, train
+import rbd.train.steps as steps_module
+from rbd.train.loop import EPOCH_TIME_COLUMNS, train
+from rbd.train.settings import TrainConfig
 
 CASES = {
     "rbd": {"method": "rbd", "lr": 4.0},
@@ -22,8 +23,8 @@ CASES = {
 }  # fmt: skip
 # The step function to interrupt, and at which call: the second epoch's third
 # minibatch (6 minibatches an epoch), or NES's second update of that epoch.
-INTERRUPT = {"nes": ("_nes_offspring_step", 5)}
-DEFAULT_INTERRUPT = ("_train_step", 9)
+INTERRUPT = {"nes": ("nes_offspring_step", 5)}
+DEFAULT_INTERRUPT = ("train_step", 9)
 
 
 def _config(**settings) -> TrainConfig:
@@ -33,7 +34,7 @@ def _config(**settings) -> TrainConfig:
 
 
 def _metrics(run_dir):
-    return pd.read_csv(run_dir / "metrics.csv").drop(columns=list(TIMING_COLUMNS))
+    return pd.read_csv(run_dir / "metrics.csv").drop(columns=list(EPOCH_TIME_COLUMNS))
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -42,7 +43,7 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch, case
     train(cfg, tmp_path / "whole")
 
     name, at = INTERRUPT.get(case, DEFAULT_INTERRUPT)
-    real_step, calls = getattr(train_module, name), {"n": 0}
+    real_step, calls = getattr(steps_module, name), {"n": 0}
 
     def interrupted_step(*args, **kwargs):
         calls["n"] += 1
@@ -50,12 +51,12 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch, case
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, name, interrupted_step)
+    monkeypatch.setattr(steps_module, name, interrupted_step)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "cut")
     assert (tmp_path / "cut" / "checkpoint.pt").exists()
     assert not (tmp_path / "cut" / "metrics.csv").exists()
-    monkeypatch.setattr(train_module, name, real_step)
+    monkeypatch.setattr(steps_module, name, real_step)
 
     record = train(cfg, tmp_path / "cut")
     assert record["resumes"] == 1 and record["status"] == "done"
@@ -70,7 +71,7 @@ def test_a_checkpoint_from_before_the_updates_counter_resumes_and_keeps_the_colu
     import torch
 
     cfg = _config(**CASES["rbd"])
-    real_step, calls = train_module._train_step, {"n": 0}
+    real_step, calls = steps_module.train_step, {"n": 0}
 
     def interrupted_step(*args, **kwargs):
         calls["n"] += 1
@@ -78,10 +79,10 @@ def test_a_checkpoint_from_before_the_updates_counter_resumes_and_keeps_the_colu
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "_train_step", interrupted_step)
+    monkeypatch.setattr(steps_module, "train_step", interrupted_step)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path)
-    monkeypatch.setattr(train_module, "_train_step", real_step)
+    monkeypatch.setattr(steps_module, "train_step", real_step)
     # Rewrite the checkpoint as an older version wrote it: no updates counter, no spec.
     path = tmp_path / "checkpoint.pt"
     ckpt = torch.load(path, weights_only=True)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rbd.runs import RunSpec, parse_run_key
+from rbd.train.runs import RunSpec, parse_run_key
 
 BASE = RunSpec("rbd", "fc", "mnist5k", 250, "gaussian", 2**-5, 5, 0)
 

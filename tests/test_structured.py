@@ -13,8 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from rbd.optim import FPD, NES, RBD
-from rbd.projection import (
+from rbd.bases import (
     STRUCTURED,
     StructuredBlocks,
     expand,
@@ -27,6 +26,7 @@ from rbd.projection import (
     project,
     step_seeds,
 )
+from rbd.optim import FPD, NES, RBD
 
 
 def hadamard(n):
@@ -241,12 +241,12 @@ def test_block_is_a_pure_function_of_its_first_seed(distribution):
 def test_deterministic_whatever_threads_chunks_and_workers(distribution):
     g = fc_gradient(2)
     seeds = step_seeds(1, 1, 0, 0, 250)
-    ref = project(g, seeds, distribution, workers=1)
+    ref = project(g, seeds, distribution, threads=1)
     old = torch.get_num_threads()
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            for kwargs in ({}, {"chunk_size": 3, "workers": 2}):
+            for kwargs in ({}, {"chunk_size": 3, "threads": 2}):
                 c, u = project(g, seeds, distribution, **kwargs)
                 assert torch.equal(c, ref[0]) and torch.equal(u, ref[1])
                 assert torch.equal(expand(c, seeds, g.numel(), distribution, **kwargs), ref[1])
@@ -305,7 +305,7 @@ def test_fpd_cache_and_regeneration_agree(distribution):
     theta0 = flat(small_model())
     phi = opts[0].directions(opts[0].compartments[0]).double()
     # theta = theta_0 + Phi^T c, with Phi fixed.
-    implied = theta0 + phi.t() @ opts[0].coordinates[0].double()
+    implied = theta0 + phi.t() @ opts[0].subspace_coordinates[0].double()
     assert rel_err(flat(models[0]).numpy(), implied.numpy()) < 1e-5
 
 

@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 
-from rbd.tables import (
+from rbd.report.tables import (
     aggregate,
     experiment_table,
     load_curves,
     load_runs,
+    measured_step_seconds,
     render,
-    step_seconds,
     wide_table,
 )
 
@@ -232,16 +232,18 @@ def _timed(seconds, images=4000):
     return {"seconds": seconds, "images_per_s": [images / t for t in seconds]}
 
 
-def test_step_seconds_is_the_median_epoch_time_over_its_steps():
+def test_measured_step_seconds_is_the_median_epoch_time_over_its_steps():
     metrics = pd.DataFrame(_timed([2.0, 1.0, 1.5]))
     # 4,000 images in batches of 32: 125 steps; the median epoch took 1.5 s.
-    assert step_seconds(metrics, 32) == pytest.approx(1.5 / 125)
+    assert measured_step_seconds(metrics, 32) == pytest.approx(1.5 / 125)
     # 4,001 images: the last, short batch is a step too.
-    assert step_seconds(pd.DataFrame(_timed([1.26], 4001)), 32) == pytest.approx(1.26 / 126)
+    assert measured_step_seconds(pd.DataFrame(_timed([1.26], 4001)), 32) == pytest.approx(
+        1.26 / 126
+    )
     # Distributed runs log their mean step time themselves.
     metrics["step_s"] = [0.5, 0.25, 0.75]
-    assert step_seconds(metrics, 32) == pytest.approx(0.5)
-    assert np.isnan(step_seconds(pd.DataFrame({"val_acc": [1.0]}), 32))
+    assert measured_step_seconds(metrics, 32) == pytest.approx(0.5)
+    assert np.isnan(measured_step_seconds(pd.DataFrame({"val_acc": [1.0]}), 32))
 
 
 def test_bases_table_has_accuracy_and_step_time_against_sgd(tmp_path):
@@ -305,7 +307,7 @@ def test_bases_table_has_accuracy_and_step_time_against_sgd(tmp_path):
 
 
 def test_scaling_table_keeps_timings_per_epoch_and_the_distributed_settings(tmp_path):
-    from rbd.plots import scaling_summary
+    from rbd.report.plots import scaling_summary
 
     paths = []
     for workers, bases, step in ((1, "worker", 0.010), (2, "worker", 0.030), (2, "split", 0.012)):
@@ -365,7 +367,8 @@ def test_table_commands_start_without_torch(tmp_path):
     for argv, expected in (
         ([*aggregate, str(csv), *map(str, paths)], "0 False False"),
         ([*render, str(csv), "--pdf", str(pdf)], "0 False True"),
-        (["pick-lr", "--csv", str(sweep), "--out", str(tmp_path / "lr.yaml")], "0 False True"),
+        # Picking rates reads a table: no figures (rbd.report.rates, not rbd.report.plots).
+        (["pick-lr", "--csv", str(sweep), "--out", str(tmp_path / "lr.yaml")], "0 False False"),
         (
             ["paper-vs-ours", str(VERIFICATION_CSV), "--out", str(tmp_path / "p.pdf")],
             "0 False True",

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT, run_rbd
 
-from rbd.train import TIMING_COLUMNS
+from rbd.train.loop import EPOCH_TIME_COLUMNS
 
 SMALL = ["--model", "fc", "--dataset", "mnist5k", "--train-limit", "512", "--threads", "1"]
 REQUIRED_COLUMNS = {
@@ -49,7 +49,7 @@ def _train(out, *extra, epochs=2, method="rbd", lr="4", dim="250"):
 
 
 def _metrics(run_dir):
-    return pd.read_csv(run_dir / "metrics.csv").drop(columns=list(TIMING_COLUMNS))
+    return pd.read_csv(run_dir / "metrics.csv").drop(columns=list(EPOCH_TIME_COLUMNS))
 
 
 def test_rbd_run_writes_metrics_and_record(tmp_path):
@@ -149,7 +149,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_to_identical_metrics(tmp_path):
         while time.monotonic() < deadline:
             ckpt = out / "checkpoint.pt"
             if ckpt.exists():
-                from rbd.io import load_torch
+                from rbd.train.checkpoints import load_torch
 
                 try:
                     state = load_torch(ckpt)
@@ -178,7 +178,7 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
     path = tmp_path / "checkpoint.pt"
     script = f"""
 import torch, sys
-from rbd.io import save_torch
+from rbd.train.checkpoints import save_torch
 save_torch({str(path)!r}, {{"epoch": 1, "w": torch.arange(10.0)}})
 print("first", flush=True)
 save_torch({str(path)!r}, {{"epoch": 2, "w": torch.zeros(150_000_000)}})
@@ -198,7 +198,7 @@ save_torch({str(path)!r}, {{"epoch": 2, "w": torch.zeros(150_000_000)}})
     finally:
         if proc.poll() is None:
             proc.kill()
-    from rbd.io import load_torch
+    from rbd.train.checkpoints import load_torch
 
     state = load_torch(path)
     assert state["epoch"] == 1 and state["w"].tolist() == list(range(10))

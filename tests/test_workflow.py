@@ -14,8 +14,8 @@ import yaml
 from conftest import ROOT
 
 from rbd import BASES_VERSION
-from rbd.cost import runtime_minutes
-from rbd.runs import parse_run_key
+from rbd.train.runs import parse_run_key
+from rbd.workflow.cost import runtime_minutes
 
 
 def snakemake(*args, cwd=ROOT, timeout=600) -> subprocess.CompletedProcess:
@@ -147,7 +147,7 @@ def test_distributed_runs_ask_for_a_core_or_gpu_per_worker(tmp_path):
         workers = int(re.search(r"_w-(\d+)", run)[1])
         assert res["threads"] == res["cpus_per_task"] == str(workers), (run, res)
         assert res["tasks"] == "1" and res["gpu"] == "0"
-        assert res["runtime"] == str(runtime_minutes(parse_run_key(run)))  # rbd/cost.py
+        assert res["runtime"] == str(runtime_minutes(parse_run_key(run)))  # rbd/workflow/cost.py
         assert res["mem_mb"] == str(4000 + 1000 * (workers - 1))
     jobs = _train_resources(snakemake(*args, "--config", "device=cuda").stdout)
     for run, res in jobs.items():

@@ -28,7 +28,7 @@ CONDA_PACKAGE = {
     "numpy": "numpy",
     "pandas": "pandas",
     "matplotlib": "matplotlib-base",
-    "cycler": "matplotlib-base",  # rbd/style.py imports it; matplotlib depends on it
+    "cycler": "matplotlib-base",  # rbd/report/style.py imports it; matplotlib depends on it
     "seaborn": "seaborn-base",
     "yaml": "pyyaml",
     "jsonschema": "jsonschema",
@@ -90,36 +90,68 @@ def test_env_files_hold_third_party_packages_only():
         assert not any(p.startswith((".", "/", "file:", "git+")) for p in packages)
 
 
-def _imports(tree: ast.AST) -> tuple[set[str], set[str]]:
-    """(rbd modules, third-party top-level modules) a module imports, at any depth."""
+def _rbd_modules() -> dict[str, ast.AST]:
+    """Every module of the package by dotted name (a package by its own name)."""
+    found = {}
+    for path in sorted((ROOT / "rbd").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = ast.parse(path.read_text())
+    return found
+
+
+def _imports(tree: ast.AST, modules) -> tuple[set[str], set[str]]:
+    """(rbd modules, third-party top-level modules) a module imports, at any depth; an
+    imported rbd name resolves to its submodule, else the module that holds it."""
+
+    def resolve(name: str) -> str:
+        while name not in modules and "." in name:
+            name = name.rsplit(".", 1)[0]
+        return name
+
     own, other = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            parts = node.module.split(".")
-            if parts[0] == "rbd":
-                own |= {parts[1]} if len(parts) > 1 else {a.name for a in node.names}
+            if node.module.split(".")[0] == "rbd":
+                own |= {resolve(f"{node.module}.{a.name}") for a in node.names}
             else:
-                other.add(parts[0])
+                other.add(node.module.split(".")[0])
         elif isinstance(node, ast.Import):
             for alias in node.names:
-                parts = alias.name.split(".")
-                (own.add(parts[1]) if parts[0] == "rbd" else other.add(parts[0]))
+                top = alias.name.split(".")[0]
+                (own.add(resolve(alias.name)) if top == "rbd" else other.add(top))
     return own, other - set(sys.stdlib_module_names) - {"__future__"}
 
 
+# Verbs whose parser is built only when they run (rbd.cli.build_parser): their options'
+# choices come from modules that import torch.
+OWN_PARSER_ONLY = ("train", "download")
+
+
 def verb_imports(verb: str) -> set[str]:
-    """Third-party modules `rbd VERB` can import: its command's code, the parser every
-    verb builds, and every rbd module they reach (function-level imports included)."""
-    modules = {p.stem: ast.parse(p.read_text()) for p in (ROOT / "rbd").glob("*.py")}
-    functions = {n.name: n for n in modules["cli"].body if isinstance(n, ast.FunctionDef)}
+    """Third-party modules `rbd VERB` can import: its command's code, the parsers its
+    command line builds, and every rbd module they reach (function-level imports
+    included)."""
+    modules = _rbd_modules()
+    functions = {n.name: n for n in modules["rbd.cli"].body if isinstance(n, ast.FunctionDef)}
     handler = f"_cmd_{verb.replace('-', '_')}"
     assert handler in functions, f"rbd {verb}: no {handler} in rbd/cli.py"
-    start = [functions[name] for name in functions
-             if name.startswith("_add_") or name in {"main", "build_parser", handler}
-             or not name.startswith(("_cmd_", "_add_"))]  # fmt: skip
+    skipped = {f"_add_{v}_parser" for v in OWN_PARSER_ONLY if v != verb}
+    assert skipped <= set(functions), skipped
+    # The cli functions the verb can run: from main, the parser and its handler, every
+    # function they name (called or handed on), except other verbs' handlers and parsers.
+    names, todo_fns = set(), ["main", "build_parser", handler]
+    while todo_fns:
+        name = todo_fns.pop()
+        if name in names or name in skipped:
+            continue
+        names.add(name)
+        named = {n.id for n in ast.walk(functions[name]) if isinstance(n, ast.Name)}
+        todo_fns += [n for n in named & set(functions) if n == handler or not n.startswith("_cmd_")]
+    start = [functions[name] for name in sorted(names)]
     seen, todo, found = set(), [], set()
     for node in start:
-        own, other = _imports(node)
+        own, other = _imports(node, modules)
         todo += own
         found |= other
     while todo:
@@ -127,10 +159,17 @@ def verb_imports(verb: str) -> set[str]:
         if name in seen or name not in modules:
             continue
         seen.add(name)
-        own, other = _imports(modules[name])
+        own, other = _imports(modules[name], modules)
         todo += own
         found |= other
     return found
+
+
+def test_the_table_verbs_reach_no_torch_and_train_reaches_it():
+    """The verb graph is read at all, and the torch-free table jobs stay so."""
+    assert {"torch", "torchvision", "numpy"} <= verb_imports("train")  # read at all
+    for verb in ("aggregate", "render", "plot", "paper-vs-ours", "pick-lr"):
+        assert "torch" not in verb_imports(verb), verb
 
 
 def rule_verb(body: str) -> str:
@@ -250,7 +289,7 @@ def test_a_site_profiles_account_and_partition_reach_every_slurm_job(tmp_path, h
         line = _sbatch_line(res, int(res["threads"]))
         assert " -A site_acct " in line and " -p site_part " in line, line
         assert "--gpus=h100:1" in line and "--ntasks-per-gpu" not in line, line
-        # the workflow's own sizes stay: runtime from rbd/cost.py, 4 GB
+        # the workflow's own sizes stay: runtime from rbd/workflow/cost.py, 4 GB
         assert int(res["runtime"]) >= 10 and res["mem_mb"] == "4000", res
 
 

@@ -6,7 +6,9 @@ training (their ``checkpoint.pt`` holds the epochs so far). A cell's accuracy
 is the mean over its seeds of each run's last epoch, with their std. Cells
 named ``table1:...`` get the paper's Table 1 value beside ours; ``reading:...``
 cells are measurements made to explain a gap. Rows of cells not named are kept, so runs from
-earlier sessions stay; a named cell's rows are replaced. The README's figure,
+earlier sessions stay; a named cell's rows are replaced, except the epoch rows of seeds
+its new directories do not hold (runs of earlier sessions, whose directories are gone:
+another seed joins them). The README's figure,
 ``paper_vs_ours.png``, is redrawn from the new summary (``rbd paper-vs-ours``).
 
     .venv/bin/python docs/verification/summarise.py table1:rbd-fc-mnist=results/runs/... [...]
@@ -21,9 +23,10 @@ import json
 import math
 from pathlib import Path
 
-from rbd.io import load_torch, write_text
-from rbd.paper import TABLE1
-from rbd.runs import RunSpec
+from rbd.report.paper import TABLE1
+from rbd.train.checkpoints import load_torch
+from rbd.train.io import write_text
+from rbd.train.runs import RunSpec, parse_run_key
 
 HERE = Path(__file__).resolve().parent
 EPOCHS_CSV = HERE / "full_protocol_epochs.csv"
@@ -62,8 +65,26 @@ def _fmt(value: float, digits: int) -> str:
     return "" if math.isnan(value) else f"{value:.{digits}f}"
 
 
-def summarise(cell: str, directories: list[Path]) -> tuple[dict, list[dict]]:
-    """The cell's summary row (mean over its runs) and every run's epoch rows."""
+def _kept_runs(rows: list[dict]) -> list[tuple[RunSpec, str, list[dict]]]:
+    """Runs recorded here only (their epoch rows), one per seed, as `summarise` lists runs."""
+    runs = []
+    for key in dict.fromkeys(row["run_key"] for row in rows):
+        mine = [dict(row) for row in rows if row["run_key"] == key]
+        for row in mine:
+            row["epoch"] = int(row["epoch"])
+            for name in ("val_acc", "train_acc", "val_loss"):
+                row[name] = _number(row[name])
+        spec = parse_run_key(key)
+        status = "done" if mine[-1]["epoch"] == spec.epochs else "unfinished"
+        runs.append((spec, status, mine))
+    return runs
+
+
+def summarise(
+    cell: str, directories: list[Path], kept: list[dict] = ()
+) -> tuple[dict, list[dict]]:
+    """The cell's summary row (mean over its runs) and every run's epoch rows; `kept`:
+    epoch rows already here of the cell's other seeds."""
     runs, epochs = [], []
     for directory in directories:
         config, rows, status = read_run(directory)
@@ -86,6 +107,11 @@ def summarise(cell: str, directories: list[Path]) -> tuple[dict, list[dict]]:
         ]
         runs.append((spec, status, mine))
         epochs.extend(mine)
+    seeds = {spec.seed for spec, _, _ in runs}
+    for run in _kept_runs([row for row in kept if int(row["seed"] or 0) not in seeds]):
+        runs.append(run)
+        epochs.extend(run[2])
+    runs.sort(key=lambda run: run[0].seed)
     spec, status, first = runs[0]
     finals = [mine[-1]["val_acc"] for _, _, mine in runs]
     mean = sum(finals) / len(finals)
@@ -164,9 +190,11 @@ def main() -> None:
     args = parser.parse_args()
     named = dict(arg.split("=", 1) for arg in args.cells)
     summaries = [s for s in _read(SUMMARY_CSV) if s["cell"] not in named]
-    epochs = [e for e in _read(EPOCHS_CSV) if e["cell"] not in named]
+    recorded = _read(EPOCHS_CSV)
+    epochs = [e for e in recorded if e["cell"] not in named]
     for cell, directories in named.items():
-        summary, rows = summarise(cell, [Path(d) for d in directories.split(",")])
+        kept = [e for e in recorded if e["cell"] == cell]
+        summary, rows = summarise(cell, [Path(d) for d in directories.split(",")], kept)
         summaries.append(summary)
         epochs.extend(rows)
     for row in summaries + epochs:

@@ -1,4 +1,4 @@
-/* Runs rbd/engine.c's kernels on files, for tests of builds this machine cannot load
+/* Runs rbd/bases/engine.c's kernels on files, for tests of builds this machine cannot load
  * (another architecture, run under qemu-user): engine_driver IN OUT.
  *
  * IN:  int64 rows, size, dist; int64 seeds[rows]; float table[65536]; float g[size];

@@ -6,21 +6,20 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from rbd.config import (
-    FIGURE_TABLE_KINDS,
-    TABLE_KINDS,
+from rbd.report.kinds import FIGURE_TABLE_KINDS, TABLE_KINDS
+from rbd.workflow.config import (
     ConfigError,
     experiment_runs,
     in_default_target,
     validate_config,
 )
-from rbd.comparison import PAPER_TABLES, VERIFICATION_CSV
-from rbd.cost import runtime_minutes, schedule_priority
-from rbd.io import write_text
-from rbd.tables import rst_escape
-from rbd.runs import parse_run_key
+from rbd.report.comparison import PAPER_TABLES, VERIFICATION_CSV
+from rbd.workflow.cost import runtime_minutes, schedule_priority
+from rbd.train.io import write_text
+from rbd.report.tables import rst_escape
+from rbd.train.runs import parse_run_key
 from rbd.warm import start_server, stop_server
-from rbd.workflow import import_package_from
+from rbd.workflow.snakemake import import_package_from
 
 try:
     validate_config(
@@ -165,7 +164,7 @@ def train_threads(wildcards):
 
 
 def train_runtime(wildcards, attempt):
-    """Wall-time limit of a training job in minutes (SLURM --time): rbd.cost's estimate
+    """Wall-time limit of a training job in minutes (SLURM --time): rbd.workflow.cost's estimate
     from d, D, epochs and the device, times the config key `runtime_scale`. A job killed
     at its limit is retried (profile `retries`) with `attempt` times the time and resumes
     from its checkpoint."""
@@ -178,7 +177,7 @@ def train_runtime(wildcards, attempt):
 
 
 def train_priority(wildcards):
-    """Multi-process jobs first, then the longest (rbd.cost.schedule_priority)."""
+    """Multi-process jobs first, then the longest (rbd.workflow.cost.schedule_priority)."""
     spec = parse_run_key(wildcards.run)
     return schedule_priority(spec, device=str(config.get("device", "auto")))
 

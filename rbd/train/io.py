@@ -12,10 +12,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from rbd.runs import RunDirectoryError
+from rbd.train.runs import RunDirectoryError
 
 LOCK_FILE = ".rbd-lock"
-log = logging.getLogger("rbd.io")
+log = logging.getLogger(__name__)
 
 
 def _umask() -> int:
@@ -24,7 +24,7 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename it over `path`.
 
     mkstemp creates the file 0600; it gets the mode any new file of this process would
@@ -45,28 +45,11 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda h: h.write(text.encode()))
+    atomic_write(path, lambda h: h.write(text.encode()))
 
 
 def write_json(path: Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-# torch is imported where it is used: the table and figure commands write through this
-# module too, and a process that never saves a tensor should not pay torch's import.
-
-
-def save_torch(path: Path, obj) -> None:
-    import torch
-
-    _atomic_write(path, lambda h: torch.save(obj, h))
-
-
-def load_torch(path: Path):
-    """Checkpoints hold tensors, numbers and strings only, so the safe loader suffices."""
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @contextmanager

@@ -13,6 +13,12 @@ from dataclasses import dataclass, fields
 
 from rbd import BASES_VERSION
 
+# The files of a run directory: the finished run's metrics and record, and the checkpoint
+# of an unfinished one.
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.csv"
+RUN_JSON = "run.json"
+
 
 class RunDirectoryError(ValueError):
     """A run directory holds a run made with other settings, or a file that cannot be read."""
@@ -43,7 +49,7 @@ class RunSpec:
     nes_batches: str = "offspring"
     # Initial weights: "glorot" (Keras's defaults, as the authors' models) or "torch".
     init: str = "glorot"
-    # Distributed RBD (rbd.distributed); None: one process, no process group.
+    # Distributed RBD (rbd.optim.distributed); None: one process, no process group.
     workers: int | None = None
     bases: str = "worker"
     combine: str = "sum"

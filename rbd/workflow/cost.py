@@ -10,18 +10,9 @@ from __future__ import annotations
 
 import math
 
-from rbd.runs import RunSpec
+from rbd.train.runs import RunSpec
+from rbd.train.sizes import num_params
 
-# D of each model on each input shape (tests/test_cost.py checks them against the models).
-NUM_PARAMS = {
-    ("fc", "1x28x28"): 101_770,
-    ("fc", "3x32x32"): 394_634,
-    ("cnn", "1x28x28"): 93_322,
-    ("cnn", "3x32x32"): 122_570,
-    ("resnet8", "1x28x28"): 78_042,
-    ("resnet8", "3x32x32"): 78_330,
-}
-INPUT = {"mnist5k": "1x28x28", "mnist": "1x28x28", "fashion_mnist": "1x28x28", "cifar10": "3x32x32"}
 # Training images per epoch (the validation split carved out of the training set).
 TRAIN_IMAGES = {"mnist5k": 4_000, "mnist": 50_000, "fashion_mnist": 50_000, "cifar10": 40_000}
 # Seconds per step of 32 images for the model's forward and backward pass (with
@@ -45,11 +36,7 @@ def device_type(device: str) -> str:
     return "cuda" if str(device).startswith("cuda") else "cpu"
 
 
-def num_params(model: str, dataset: str) -> int:
-    return NUM_PARAMS[(model, INPUT[dataset])]
-
-
-def step_seconds(spec: RunSpec, device: str = "cpu") -> float:
+def estimated_step_seconds(spec: RunSpec, device: str = "cpu") -> float:
     """Estimated seconds per minibatch of `spec` on `device`."""
     kind = device_type(device)
     seconds = MODEL_STEP_S[kind][spec.model] * spec.batch_size / 32
@@ -61,7 +48,7 @@ def step_seconds(spec: RunSpec, device: str = "cpu") -> float:
 def training_seconds(spec: RunSpec, device: str = "cpu") -> float:
     """Estimated seconds of training steps: epochs x steps per epoch x step time."""
     steps = spec.epochs * math.ceil(TRAIN_IMAGES[spec.dataset] / spec.batch_size)
-    return steps * step_seconds(spec, device)
+    return steps * estimated_step_seconds(spec, device)
 
 
 # Multi-process jobs go before every one-process job (see schedule_priority): a bound

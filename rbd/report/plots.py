@@ -1,7 +1,7 @@
 """The paper's figures from tidy run tables, in one seaborn style.
 
 Each `plot_*` function returns its `matplotlib.figure.Figure` and saves
-nothing (`rbd.style.save_pdf`, or the `rbd plot` command, writes the PDF), so
+nothing (`rbd.report.style.save_pdf`, or the `rbd plot` command, writes the PDF), so
 they work in a notebook as they do in the workflow.
 
 Every figure shows the mean over seeds as a line and one standard deviation as
@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from rbd.paper import off_bound
-from rbd.style import (
+from rbd.report.paper import off_bound
+from rbd.report.rates import best_learning_rates
+from rbd.report.style import (
     DATASET_LABELS,
     DISTRIBUTION_LABELS,
     METHOD_COLORS,
@@ -30,7 +31,7 @@ from rbd.style import (
     pair_label,
     styled,
 )
-from rbd.tables import DIVERGED, paper_order
+from rbd.report.tables import DIVERGED, paper_order
 
 
 def _pairs(data: pd.DataFrame) -> list[tuple[str, str]]:
@@ -245,39 +246,6 @@ def plot_lr(runs: pd.DataFrame, title: str | None = None) -> Figure:
     return fig
 
 
-def best_learning_rates(runs: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """method -> "model-dataset" -> the rate with the highest mean validation accuracy.
-
-    The mean is over finished seeds; a rate at which any seed diverged is not
-    eligible (it would not be a safe default). Ties go to the smaller rate.
-    """
-    best: dict[str, dict[str, float]] = {}
-    keys = ["method", "model", "dataset", "lr"]
-    stats = runs.groupby(keys).agg(
-        acc=("val_acc", "mean"), diverged=("status", lambda s: bool((s == DIVERGED).any()))
-    )
-    stats = stats[~stats["diverged"] & stats["acc"].notna()].reset_index()
-    for (method, model, dataset), group in stats.groupby(["method", "model", "dataset"]):
-        group = group.sort_values(["acc", "lr"], ascending=[False, True])
-        best.setdefault(method, {})[f"{model}-{dataset}"] = float(group["lr"].iloc[0])
-    return {m: best[m] for m in METHOD_ORDER if m in best}
-
-
-def _rate_text(lr: float) -> str:
-    k = math.log2(lr)
-    return f"2^{int(k)}" if k == int(k) else repr(lr)
-
-
-def lr_snippet(best: dict[str, dict[str, float]], note: str = "") -> str:
-    """`learning_rates:` YAML, one flow mapping per method, ready to paste into a config."""
-    lines = [f"# {line}" for line in note.splitlines()]
-    lines.append("learning_rates:")
-    for method, rates in best.items():
-        cells = ", ".join(f"{pair}: {_rate_text(lr)}" for pair, lr in sorted(rates.items()))
-        lines.append(f"  {method}: {{{cells}}}")
-    return "\n".join(lines) + "\n"
-
-
 BASES_LABELS = {"worker": "own bases per worker", "shared": "shared bases", "split": "d split"}
 TIME_PARTS = {"compute_s": "compute", "regen_s": "regenerate", "comm_s": "communicate"}
 
@@ -285,7 +253,7 @@ TIME_PARTS = {"compute_s": "compute", "regen_s": "regenerate", "comm_s": "commun
 def scaling_summary(curves: pd.DataFrame) -> pd.DataFrame:
     """Per bases mode and W: mean over runs of each run's median per-epoch timings
     (seconds per step) and bytes per step, and the last epoch's accuracy."""
-    from rbd.tables import SCALING_COLUMNS
+    from rbd.report.tables import SCALING_COLUMNS
 
     columns = [c for c in SCALING_COLUMNS if c in curves]
     per_run = curves.groupby(["bases", "workers", "run_dir"])[columns].median()
@@ -367,7 +335,7 @@ def plot_scaling(curves: pd.DataFrame, title: str | None = None) -> Figure:
 def plot_bases(table: pd.DataFrame, title: str | None = None) -> Figure:
     """Accuracy and time per step against d, one line per direction distribution.
 
-    From the aggregated table (`rbd.tables.aggregate`): one column of panels per
+    From the aggregated table (`rbd.report.tables.aggregate`): one column of panels per
     model-data pair; top, validation accuracy (mean, bar: std over seeds) with
     SGD as a dashed line; bottom, milliseconds per step (log scale) with SGD's.
     """
@@ -458,7 +426,8 @@ def _cell_text(cell) -> str:
 
 @styled
 def plot_paper_vs_ours(cells: pd.DataFrame, title: str | None = None) -> Figure:
-    """The paper's mean ± std beside ours for every cell of `rbd.comparison.comparison_cells`.
+    """The paper's mean ± std beside ours for every cell of
+    `rbd.report.comparison.comparison_cells`.
 
     One panel per table and model, one row per cell (data set, then method or
     distribution, in the paper's order): the paper as an open diamond with its

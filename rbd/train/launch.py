@@ -1,8 +1,8 @@
 """Process launching for distributed RBD: torchrun's workers, or W spawned here.
 
 Above the training loop: `launch` starts (or joins) the process group and calls
-`rbd.train.train` in every worker, so that `rbd.distributed` holds only the
-optimiser and the process group, and `rbd.train` never imports this module.
+`rbd.train.loop.train` in every worker, so that `rbd.optim.distributed` holds only the
+optimiser and the process group, and `rbd.train.loop` never imports this module.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from rbd.distributed import Group, check_config, under_torchrun
-from rbd.train import RUN_JSON, resolve_device, train
+from rbd.optim.distributed import Group, check_config, under_torchrun
+from rbd.train.loop import train
+from rbd.train.runs import RUN_JSON
+from rbd.train.settings import resolve_device
 
 
 def launch(cfg, out_dir) -> dict:

@@ -46,17 +46,19 @@ import time
 import torch
 import torch.distributed as dist
 
-from rbd.optim import RBD, Compartment
-from rbd.projection import expand, project
-from rbd.step_stats import UpdateStats
+from rbd.bases import expand, project
+from rbd.optim.compartments import Compartment
+from rbd.optim.rbd import RBD
+from rbd.optim.seeded import add_flat
+from rbd.optim.step_stats import StepStatistics
 
-log = logging.getLogger("rbd.distributed")
+log = logging.getLogger(__name__)
 
 BASES = ("worker", "shared", "split")
 COMBINE = ("sum", "mean")
 # Per-step means over an epoch (seconds, worker 0), dropped like
-# rbd.train.TIMING_COLUMNS when runs are compared.
-TIMING_COLUMNS = ("step_s", "compute_s", "regen_s", "comm_s")
+# rbd.train.loop.EPOCH_TIME_COLUMNS when runs are compared.
+STEP_TIME_COLUMNS = ("step_s", "compute_s", "regen_s", "comm_s")
 BYTES_PER_NUMBER = 4  # float32 coordinates and gradients
 
 
@@ -139,6 +141,8 @@ class DistributedRBD(RBD):
     first three are read from the device on first access.
     """
 
+    takes_loss = True
+
     def __init__(
         self,
         params,
@@ -158,13 +162,13 @@ class DistributedRBD(RBD):
         self.group, self.bases, self.combine = group, bases, combine
         self.loss_limit = loss_limit
         self.diverged = False
-        if self.workers is None and self.param_groups[0]["params"][0].device.type != "cpu":
-            self.workers = 1
-        if self.workers is None:
+        if self.threads is None and self.param_groups[0]["params"][0].device.type != "cpu":
+            self.threads = 1
+        if self.threads is None:
             # Threads per projection fix the summation order: every worker must
             # use the same count to rebuild the others' updates bit for bit.
             threads = torch.tensor([torch.get_num_threads()])
-            self.workers = int(group.all_gather(threads).min())
+            self.threads = int(group.all_gather(threads).min())
 
     def _check_group(self, group, others) -> None:
         super()._check_group(group, others)
@@ -213,7 +217,7 @@ class DistributedRBD(RBD):
             self.param_groups[compartment.group]["distribution"],
             normalize=self.param_groups[compartment.group]["normalize"],
             chunk_size=self.chunk_size,
-            workers=self.workers,
+            threads=self.threads,
         )
         return self._rescale(u, len(coords), compartment)
 
@@ -249,7 +253,7 @@ class DistributedRBD(RBD):
                     group["distribution"],
                     normalize=group["normalize"],
                     chunk_size=self.chunk_size,
-                    workers=self.workers,
+                    threads=self.threads,
                 )
                 message[offsets[k] : offsets[k] + len(seeds)] = coords
                 own[k] = self._rescale(u, len(seeds), comp)
@@ -267,7 +271,7 @@ class DistributedRBD(RBD):
             return loss
 
         start = time.perf_counter()
-        stats = UpdateStats(coordinates_on_host=True)
+        stats = StepStatistics(coordinates_on_host=True)
         for gi, group in enumerate(self.param_groups):
             g, step, lr = grads[gi], group["step"], group["lr"]
             update = torch.zeros_like(g)
@@ -293,11 +297,7 @@ class DistributedRBD(RBD):
                 if self.combine == "mean":
                     u = u.div_(size)
                 update[comp.start : comp.stop] = u
-            offset = 0
-            for p in group["params"]:
-                n = p.numel()
-                p.add_(update[offset : offset + n].view_as(p), alpha=-lr)
-                offset += n
+            add_flat(group["params"], update, -lr)
             group["step"] += 1
             u, g = update.double(), g.double()
             stats.add_group(lr, torch.dot(u, g), u.square().sum(), g.square().sum())

@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from rbd.paper import paper_frac_sgd, paper_val_acc
-from rbd.runs import RunDirectoryError
-from rbd.style import (
+from rbd.report.paper import paper_frac_sgd, paper_val_acc
+from rbd.report.style import (
     DATASET_ORDER,
     DISTRIBUTION_LABELS,
     METHOD_LABELS,
@@ -29,13 +28,14 @@ from rbd.style import (
     save_pdf,
     styled,
 )
+from rbd.train.runs import METRICS, RUN_JSON, RunDirectoryError
 
 if TYPE_CHECKING:  # aggregation (no figure) does not import matplotlib
     from matplotlib.figure import Figure
 
 GROUP_KEYS = ["model", "dataset", "method", "dim", "distribution", "compartments", "switch", "lr"]
 RUN_KEYS = GROUP_KEYS + ["seed", "epochs", "augment", "batch_size"]
-# Settings of distributed runs (rbd.distributed); absent from one-process runs.
+# Settings of distributed runs (rbd.optim.distributed); absent from one-process runs.
 DISTRIBUTED_KEYS = ["workers", "bases", "combine"]
 # grad_corr_mean: one cosine between the whole update and the whole gradient per step;
 # grad_corr_tensors_mean: the mean of the per-tensor cosines, the authors' statistic
@@ -48,7 +48,7 @@ METRIC_COLUMNS = (
     "grad_corr_mean",
     "grad_corr_tensors_mean",
 )
-# Per-epoch timing and traffic of distributed runs (rbd.distributed.TIMING_COLUMNS
+# Per-epoch timing and traffic of distributed runs (rbd.optim.distributed.STEP_TIME_COLUMNS
 # and the byte counts), in seconds per step and bytes per step.
 SCALING_COLUMNS = (
     "step_s",
@@ -61,17 +61,18 @@ SCALING_COLUMNS = (
 DIVERGED = "diverged"
 
 
-def _read_run(path) -> tuple[dict, pd.DataFrame]:
+def _read_run(path) -> tuple[dict, dict, pd.DataFrame]:
+    """A run directory's record (run.json), its settings as table columns, and metrics."""
     path = Path(path)
     run_dir = path if path.is_dir() else path.parent
     try:
-        record = json.loads((run_dir / "run.json").read_text())
+        record = json.loads((run_dir / RUN_JSON).read_text())
     except (OSError, ValueError) as err:
-        raise RunDirectoryError(f"{run_dir / 'run.json'} cannot be read: {err}") from None
+        raise RunDirectoryError(f"{run_dir / RUN_JSON} cannot be read: {err}") from None
     try:
-        metrics = pd.read_csv(run_dir / "metrics.csv")
+        metrics = pd.read_csv(run_dir / METRICS)
     except (OSError, ValueError) as err:  # pandas' parser errors are ValueErrors
-        raise RunDirectoryError(f"{run_dir / 'metrics.csv'} cannot be read: {err}") from None
+        raise RunDirectoryError(f"{run_dir / METRICS} cannot be read: {err}") from None
     cfg = record["config"]
     settings = {key: cfg[key] for key in RUN_KEYS + DISTRIBUTED_KEYS if key in cfg}
     settings |= {"status": record["status"], "run_dir": str(run_dir)}
@@ -98,12 +99,12 @@ def load_runs(paths) -> pd.DataFrame:
         if record["status"] != "done":
             row["val_acc"] = np.nan
         row["test_acc"] = record.get("test_acc", np.nan)
-        row["step_s"] = step_seconds(metrics, row.get("batch_size", 32))
+        row["step_s"] = measured_step_seconds(metrics, row.get("batch_size", 32))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def step_seconds(metrics: pd.DataFrame, batch_size: int) -> float:
+def measured_step_seconds(metrics: pd.DataFrame, batch_size: int) -> float:
     """Median over epochs of the training time per step (s), NaN without timings.
 
     A step is one minibatch: an epoch of n images has ceil(n / batch_size)
@@ -160,7 +161,7 @@ def aggregate(runs: pd.DataFrame, experiment: str) -> pd.DataFrame:
     num_params, num_coordinates, step_s_mean, epochs (the runs' planned epochs),
     frac_sgd, step_ratio_sgd, paper_val_acc, paper_frac_sgd. `frac_sgd` divides
     by the mean SGD accuracy of the same model and data set, `step_ratio_sgd`
-    the mean seconds per step (`step_seconds`, over all seeds, diverged ones
+    the mean seconds per step (`measured_step_seconds`, over all seeds, diverged ones
     too) by SGD's.
     """
     keys = [k for k in GROUP_KEYS if k in runs.columns]
@@ -223,7 +224,7 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value)) or pd.isna(value)
 
 
-def _cell(row, *, corr: bool = False) -> str:
+def _table_cell(row, *, corr: bool = False) -> str:
     """`mean ± std (fraction of SGD)`, diverged seeds marked, the paper's value below."""
     n_diverged, n_seeds = int(row.n_diverged), int(row.n_seeds)
     if n_diverged and n_diverged == n_seeds:
@@ -273,7 +274,9 @@ def wide_table(table: pd.DataFrame, kind: str = "method_table") -> pd.DataFrame:
     table = table.copy()
     table["model-data"] = _pair(table)
     table["D"] = table["num_params"].map("{:,}".format)
-    table["cell"] = [_cell(row, corr=kind == "compression_table") for row in table.itertuples()]
+    table["cell"] = [
+        _table_cell(row, corr=kind == "compression_table") for row in table.itertuples()
+    ]
     if kind == "method_table":
         index, column = ["model-data", "D"], "method"
         labels = METHOD_LABELS
@@ -383,7 +386,7 @@ def render(
     tex=None,
 ) -> None:
     """Write the table as a PDF page, a Markdown file and a LaTeX tabular."""
-    from rbd.io import write_text
+    from rbd.train.io import write_text
 
     wide = wide_table(table, kind)
     text = table_caption(experiment, kind, description)
@@ -474,7 +477,7 @@ def experiment_table(paths, experiment: str, kind: str) -> pd.DataFrame:
     curves, switches and scaling (with the timing and byte columns); one row per
     run for dims and sweeps (the figures draw the mean and the band over seeds
     themselves)."""
-    from rbd.config import FIGURE_TABLE_KINDS, KINDS, TABLE_KINDS
+    from rbd.report.kinds import FIGURE_TABLE_KINDS, KINDS, TABLE_KINDS
 
     if kind not in KINDS:
         raise ValueError(f"unknown experiment kind {kind!r}; choose one of {', '.join(KINDS)}")

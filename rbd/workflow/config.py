@@ -14,9 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from rbd.cost import NUM_PARAMS
-from rbd.cost import num_params as num_params_of
-from rbd.runs import RunSpec
+from rbd.train.runs import RunSpec
+from rbd.train.sizes import NUM_PARAMS
+from rbd.train.sizes import num_params as num_params_of
 
 DEFAULT_SCHEMA = Path("config/schemas/config.schema.yaml")
 _POWER_OF_TWO = re.compile(r"^\s*2\s*\^\s*(-?\d+)\s*$")
@@ -58,12 +58,6 @@ SCALAR_KEYS = (
 NES_KEYS = ("nes_sigma", "nes_batches", "nes_normalize")
 # Settings that only matter with compartments (RBD and FPD): dropped without them.
 COMPARTMENT_KEYS = ("compartment_scale", "even_dims")
-# How an experiment is shown: the three table layouts, and the figure kinds.
-TABLE_KINDS = ("method_table", "distribution_table", "compression_table")
-FIGURE_KINDS = ("curves", "dims", "switch", "lr_sweep", "scaling", "bases")
-# Figures that also get a table beside them (figures/X.md, .tex).
-FIGURE_TABLE_KINDS = ("bases",)
-KINDS = TABLE_KINDS + FIGURE_KINDS
 # Kinds left out of the default target (opt-in: they are sweeps, not results).
 OPT_IN_KINDS = ("lr_sweep",)
 
@@ -117,7 +111,7 @@ def validate_config(config: dict, schema: dict | str | Path = DEFAULT_SCHEMA) ->
 
 
 # The smallest D of any model and data set (resnet8 on 28x28x1): a dim up to this fits
-# every model. rbd.cost holds every D (tests check them against the models).
+# every model. rbd.train.sizes holds every D (tests check them against the models).
 MIN_NUM_PARAMS = min(NUM_PARAMS.values())
 
 

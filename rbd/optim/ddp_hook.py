@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from rbd.projection import DISTRIBUTIONS, coordinates, expand, step_seeds
+from rbd.bases import DISTRIBUTIONS, expand, project_coordinates, step_seeds
 
 # The settings that define the bases: a saved state loads only onto the same ones.
 BASES_SETTINGS = ("seed", "dim", "distribution")
@@ -100,7 +100,7 @@ def rbd_hook(state: RBDHookState, bucket: dist.GradBucket) -> torch.futures.Futu
     index = bucket.index()
     seeds = step_seeds(state.seed, state.step, index, 0, state.dim)
     # Coordinates only: the update is formed from the workers' mean after the all-reduce.
-    coords = coordinates(grad, seeds, state.distribution, normalize=True)
+    coords = project_coordinates(grad, seeds, state.distribution, normalize=True)
     coords.div_(workers)
     state.wire_bytes[index] = coords.numel() * coords.element_size()
     state.bucket_bytes[index] = grad.numel() * grad.element_size()

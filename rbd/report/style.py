@@ -1,6 +1,6 @@
 """Names and looks shared by tables and figures: labels in the paper's words and
-order, method colours, and the figures' style (imported by `rbd.tables` and
-`rbd.plots`, which do not import each other's internals).
+order, method colours, and the figures' style (imported by `rbd.report.tables` and
+`rbd.report.plots`, which do not import each other's internals).
 
 Figures are plain `matplotlib.figure.Figure` objects, not pyplot's: drawing one
 needs no backend, so nothing here switches the backend of a notebook or a GUI

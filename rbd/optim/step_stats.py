@@ -39,7 +39,7 @@ class LazyStats(Mapping[str, float]):
         return f"LazyStats({self._materialised()!r})"
 
 
-def step_stats(
+def _statistics(
     dot: float, norm_u: float, norm_g: float, coords: list, tensor_cosines=None
 ) -> dict[str, float]:
     """A step's statistics: ``grad_corr``, the cosine between the applied update and
@@ -83,8 +83,8 @@ def per_tensor_cosines(products: torch.Tensor) -> torch.Tensor:
     return torch.where(denom > 0, dot / denom, torch.nan)
 
 
-class UpdateStats:
-    """Collects, group by group, the device tensors :func:`step_stats` is made from.
+class StepStatistics:
+    """Collects, group by group, the device tensors :func:`_statistics` is made from.
 
     ``add_group`` takes one param group's learning rate and the 0-dim tensors <u, g>,
     |u|^2 and |g|^2 (u the update before the learning rate); the read sums
@@ -130,4 +130,4 @@ class UpdateStats:
         coords = self._coords
         if self._coordinates_on_host:
             coords = [c.cpu() for c in coords]
-        return step_stats(dot, norm_u, norm_g, coords, self._cosines)
+        return _statistics(dot, norm_u, norm_g, coords, self._cosines)

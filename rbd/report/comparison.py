@@ -11,7 +11,7 @@ Ours come from either kind of CSV (`read_comparison` tells them by their columns
   paper preset has trained them.
 
 `comparison_cells` gives one row per cell: every cell the paper gives a number
-for (`rbd.paper`), and every cell of ours in a model-data pair the paper has,
+for (`rbd.report.paper`), and every cell of ours in a model-data pair the paper has,
 in the tables and for the models where we have at least one cell.
 """
 
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from rbd.paper import TABLE1, is_off, paper_value
-from rbd.runs import parse_run_key
-from rbd.style import DATASET_ORDER, METHOD_ORDER, MODEL_ORDER
+from rbd.report.paper import TABLE1, is_off, paper_value
+from rbd.report.style import DATASET_ORDER, METHOD_ORDER, MODEL_ORDER
+from rbd.train.runs import parse_run_key
 
 # The verification summary, relative to the checkout (the workflow's default source).
 VERIFICATION_CSV = "docs/verification/full_protocol.csv"
@@ -170,7 +170,7 @@ def comparison_cells(ours: pd.DataFrame) -> pd.DataFrame:
     it gives none: Table 2's Uniform, Rademacher, Bernoulli, or a cell of ours
     with settings other than the paper's). A Table 2 panel without its own
     Gaussian or SGD cell takes Table 1's, the same training (`table1_run` True).
-    `off`: ours outside `rbd.paper.off_bound` of the paper's mean.
+    `off`: ours outside `rbd.report.paper.off_bound` of the paper's mean.
     """
     if not len(ours):
         return pd.DataFrame(columns=CELL_COLUMNS)
