@@ -80,9 +80,7 @@ def _kept_runs(rows: list[dict]) -> list[tuple[RunSpec, str, list[dict]]]:
     return runs
 
 
-def summarise(
-    cell: str, directories: list[Path], kept: list[dict] = ()
-) -> tuple[dict, list[dict]]:
+def summarise(cell: str, directories: list[Path], kept: list[dict] = ()) -> tuple[dict, list[dict]]:
     """The cell's summary row (mean over its runs) and every run's epoch rows; `kept`:
     epoch rows already here of the cell's other seeds."""
     runs, epochs = [], []
