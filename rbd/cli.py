@@ -74,7 +74,8 @@ def _add_train_parser(sub) -> None:
 
     # isort: split
     from rbd.bases import DISTRIBUTIONS
-    from rbd.optim import COMPARTMENT_SCALES, METHODS
+    from rbd.optim import COMPARTMENT_SCALES, COORDINATES, METHODS
+    from rbd.optim.distributed import BASES, COMBINE
     from rbd.train.models import INITS, MODELS
     from rbd.train.settings import NES_BATCHES
 
@@ -93,65 +94,54 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument("--epochs", type=_positive_int, default=5)
     p.add_argument("--lr", type=_learning_rate, required=True, help="a number or 2^k")
-    p.add_argument("--batch-size", type=_positive_int, default=32)
-    p.add_argument(
-        "--compartments", default="none", help="none, layer, chunk:<n> or compression:<f>"
-    )
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--compartments", help="none, layer, chunk:<n> or compression:<f>")
     p.add_argument(
         "--normalize",
         action=argparse.BooleanOptionalAction,
-        default=True,
         help="divide directions by sqrt(D) (else the update by d)",
     )
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--switch", default="none", help="none, sgd_first:<epoch> or sgd_last:<epoch>")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction)
+    p.add_argument("--switch", help="none, sgd_first:<epoch> or sgd_last:<epoch>")
     p.add_argument(
         "--sgd-lr",
         type=_learning_rate,
-        default=None,
         help="learning rate of the SGD phase when switching",
     )
-    p.add_argument("--nes-sigma", type=_positive_float, default=0.01)
+    p.add_argument("--nes-sigma", type=_positive_float)
     p.add_argument(
         "--nes-batches",
-        default="offspring",
         choices=NES_BATCHES,
         help="NES: each offspring on its own minibatch (the authors') or all on one",
     )
     p.add_argument(
         "--nes-normalize",
         action=argparse.BooleanOptionalAction,
-        default=False,
         help="NES: divide the update (not the perturbations) by sqrt(D), as the authors",
     )
     p.add_argument(
         "--compartment-scale",
-        default="compartment",
         choices=COMPARTMENT_SCALES,
         help="compartments: directions / sqrt(n_k) of each, or / sqrt(D) (network, the authors')",
     )
     p.add_argument(
         "--fpd-offset",
         action=argparse.BooleanOptionalAction,
-        default=False,
         help="FPD: gradient at theta + Phi^T c_prev, as the authors' FPD (models/rbd.py)",
     )
     p.add_argument(
         "--even-dims",
         action=argparse.BooleanOptionalAction,
-        default=False,
         help="compression:<f>: round each d_k up to an even number (the authors')",
     )
     p.add_argument(
         "--init",
-        default="glorot",
         choices=INITS,
         help="initial weights: glorot (Keras, as the authors) or torch (PyTorch defaults)",
     )
     p.add_argument(
         "--bases-version",
         type=_positive_int,
-        default=BASES_VERSION,
         help=f"how directions are drawn from seeds; this rbd draws version {BASES_VERSION}",
     )
     p.add_argument("--out", required=True, type=Path, help="run directory")
@@ -160,82 +150,81 @@ def _add_train_parser(sub) -> None:
         action="store_true",
         help="replace a run directory that holds a run with other settings",
     )
-    p.add_argument("--data-dir", default=None, help="data root (default: $RBD_DATA_DIR)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=_positive_int, default=None)
-    p.add_argument("--checkpoint-minutes", type=_positive_float, default=10.0)
-    p.add_argument("--divergence-loss", type=_positive_float, default=1e3)
+    p.add_argument("--data-dir", help="data root (default: $RBD_DATA_DIR)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=_positive_int)
+    p.add_argument("--checkpoint-minutes", type=_positive_float)
+    p.add_argument("--divergence-loss", type=_positive_float)
     p.add_argument(
         "--train-limit",
         type=_positive_int,
-        default=None,
         help="use only the first N training images (smoke tests)",
     )
     p.add_argument(
         "--workers",
         type=_positive_int,
-        default=None,
         help="distributed RBD with W workers (torchrun's processes, else W spawned here)",
     )
     p.add_argument(
         "--bases",
-        default="worker",
-        choices=("worker", "shared", "split"),
+        choices=BASES,
         help="distributed: own bases per worker, one shared set, or d split across workers",
     )
     p.add_argument(
         "--combine",
-        default="sum",
-        choices=("sum", "mean"),
+        choices=COMBINE,
         help="distributed: sum (the authors') or mean of the workers' updates",
     )
     p.add_argument(
         "--coordinates",
-        default="backward",
-        choices=("backward", "forward"),
+        choices=COORDINATES,
         help="RBD: coordinates from the gradient (backward) or by d forward-mode jvps",
     )
+    # Every flag that is a TrainConfig field defaults to that field's default: one source.
+    p.set_defaults(**train_defaults(p))
     p.set_defaults(func=_cmd_train)
+
+
+def train_defaults(parser: argparse.ArgumentParser) -> dict:
+    """Defaults of the train flags that are TrainConfig fields, taken from TrainConfig."""
+    import dataclasses
+
+    from rbd.train.settings import TrainConfig
+
+    dests = {action.dest for action in parser._actions}
+    return {
+        f.name: f.default
+        for f in dataclasses.fields(TrainConfig)
+        if f.name in dests and f.default is not dataclasses.MISSING
+    }
 
 
 def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
     import re
 
-    from rbd.train.settings import TrainConfig
+    from rbd.train.runs import COMPARTMENTS_PATTERN, SWITCH_PATTERN, run_problems
+    from rbd.train.settings import DEVICE_PATTERN, TrainConfig
 
-    checks = {
-        "--compartments": (
-            args.compartments,
-            r"(none|layer|chunk:[1-9][0-9]*|compression:([1-9][0-9]*(\.[0-9]+)?|0\.[0-9]*[1-9][0-9]*))",
-        ),
-        "--switch": (args.switch, r"(none|sgd_first:[1-9][0-9]*|sgd_last:[1-9][0-9]*)"),
-        "--device": (args.device, r"(auto|cpu|cuda(:[0-9]+)?)"),
-    }
-    for flag, (value, pattern) in checks.items():
-        if not re.fullmatch(pattern, value):
-            parser.error(f"argument {flag}: invalid value {value!r} (expected {pattern})")
+    formats = {"compartments": COMPARTMENTS_PATTERN, "switch": SWITCH_PATTERN,
+               "device": DEVICE_PATTERN}  # fmt: skip
+    for name, pattern in formats.items():
+        if not re.fullmatch(pattern, value := getattr(args, name)):
+            parser.error(f"argument --{name}: invalid value {value!r} (expected {pattern})")
     if args.method != "sgd" and args.dim < 1:
         parser.error(f"argument --dim: must be a positive integer for --method {args.method}")
     if args.method != "sgd" and args.distribution == "none":
         parser.error(f"argument --distribution: choose a distribution for --method {args.method}")
-    if args.switch != "none" and not 0 < int(args.switch.partition(":")[2]) < args.epochs:
-        parser.error(f"argument --switch: the switch epoch must lie inside 1..{args.epochs - 1}")
-    if args.workers is not None and args.method != "rbd":
-        parser.error(
-            f"argument --workers: distributed training needs --method rbd, not {args.method}"
-        )
-    if args.workers is not None and args.switch != "none":
-        parser.error("argument --workers: distributed training needs --switch none")
     if args.bases_version != BASES_VERSION:
         parser.error(
             f"argument --bases-version: this rbd draws version {BASES_VERSION} bases, not "
             f"{args.bases_version}; a run of version {args.bases_version} needs the rbd that "
             "made it (train into a new run directory instead)"
         )
-    if args.coordinates != "backward" and (args.method != "rbd" or args.workers is not None):
-        parser.error("argument --coordinates: forward needs --method rbd without --workers")
     values = {k: v for k, v in vars(args).items() if k not in ("func", "command", "out", "verbose")}
-    return TrainConfig(**values)
+    cfg = TrainConfig(**values)
+    for setting, why in run_problems(cfg.spec):
+        parser.error(f"argument --{setting.replace('_', '-')}: {why}")
+    return cfg
 
 
 def _cmd_train(args, parser) -> int:

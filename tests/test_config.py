@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import subprocess
 import sys
 
@@ -279,13 +280,18 @@ def test_equal_runs_of_two_experiments_have_one_key():
     assert curves < {r.key for r in expand_experiment(QUICK, "table1")}
 
 
-def test_min_num_params_is_the_smallest_model():
+def test_dim_may_reach_but_not_pass_the_built_models_size():
     from rbd.train.data import INPUT_SHAPES
     from rbd.train.models import MODELS, build_model, count_params
-    from rbd.workflow.config import MIN_NUM_PARAMS
+    from rbd.train.runs import RunSpec, run_problems
 
-    sizes = [count_params(build_model(m, shape)) for m in MODELS for shape in INPUT_SHAPES.values()]
-    assert MIN_NUM_PARAMS == min(sizes)
+    for model in MODELS:
+        for dataset, shape in INPUT_SHAPES.items():
+            size = count_params(build_model(model, shape))
+            spec = RunSpec("rbd", model, dataset, size, "gaussian", 1.0, 1, 0)
+            assert run_problems(spec) == []
+            (setting, why), *_ = run_problems(dataclasses.replace(spec, dim=size + 1))
+            assert setting == "dim" and f"D = {size:,}" in why
 
 
 def test_workers_expand_into_distributed_rbd_runs_only():
@@ -308,3 +314,63 @@ def test_workers_expand_into_distributed_rbd_runs_only():
     assert {r.key for r in expand_experiment(config, "table1")} == {
         r.key for r in expand_experiment(QUICK, "table1")
     }
+
+
+def _schema() -> dict:
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+def test_the_schemas_choices_are_the_constants_the_code_checks():
+    """The schema and the CLI list the same choices; the CLI takes them from the constants."""
+    from rbd.bases import DISTRIBUTIONS
+    from rbd.optim import COMPARTMENT_SCALES, METHODS
+    from rbd.optim.distributed import BASES, COMBINE
+    from rbd.train.data import DATASETS
+    from rbd.train.models import INITS, MODELS
+    from rbd.train.runs import COMPARTMENTS_PATTERN, SWITCH_PATTERN
+    from rbd.train.settings import DEVICE_PATTERN, NES_BATCHES
+
+    schema = _schema()
+    defs, experiment = schema["$defs"], schema["properties"]["experiments"]
+    experiment = experiment["additionalProperties"]["properties"]
+    enums = {
+        "model": MODELS, "dataset": DATASETS, "method": METHODS,
+        "distribution": DISTRIBUTIONS, "nes_batches": NES_BATCHES, "init": INITS,
+        "compartment_scale": COMPARTMENT_SCALES,
+    }  # fmt: skip
+    for name, constant in enums.items():
+        assert defs[name]["enum"] == list(constant), name
+    assert experiment["bases"]["items"]["enum"] == list(BASES)
+    assert experiment["combine"]["enum"] == list(COMBINE)
+    # The schema anchors the code's pattern (and refuses a trailing newline).
+    anchored = {"compartments": COMPARTMENTS_PATTERN, "switch": SWITCH_PATTERN}
+    for name, pattern in anchored.items():
+        assert defs[name]["pattern"] == f"^({pattern})$(?!\\n)", name
+    assert schema["properties"]["device"]["pattern"] == f"^({DEVICE_PATTERN})$(?!\\n)"
+
+
+def test_left_out_keys_take_the_schemas_defaults_and_the_cli_agrees():
+    from rbd.train.settings import TrainConfig
+
+    config = copy.deepcopy(QUICK)
+    for key in ("device", "threads", "checkpoint_minutes", "divergence_loss", "warm_start"):
+        config.pop(key, None)
+    validate_config(config, SCHEMA)
+    props = _schema()["properties"]
+    assert config["device"] == "auto" == props["device"]["default"]
+    assert config["threads"] == 1 and config["warm_start"] is False
+    assert config["paper_vs_ours"] == "verification"
+    # What `rbd train` does without the flag is what the workflow does without the key
+    # (threads aside: one per job in the workflow, PyTorch's own count standalone).
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for key in ("device", "checkpoint_minutes", "divergence_loss"):
+        assert defaults[key] == props[key]["default"], key
+
+
+def test_the_workflow_holds_no_defaults_of_its_own():
+    """common.smk reads config[key]: the schema fills every key left out."""
+    import re
+
+    for path in (ROOT / "workflow").rglob("*"):
+        if path.suffix in (".smk", ".rst", ".py"):
+            assert not re.search(r"config\.get\(\s*\"[a-z_]+\"\s*,", path.read_text()), path

@@ -337,15 +337,11 @@ def under_torchrun() -> bool:
 
 
 def check_config(cfg) -> None:
-    """Settings distributed training supports; ValueError naming the setting otherwise."""
+    """The distributed settings (workers, bases, combine); ValueError naming the setting.
+    Which methods and schedules W workers can train is a run's rule
+    (rbd.train.runs.run_problems)."""
     if cfg.workers is None or cfg.workers < 1:
         raise ValueError(f"Invalid workers: {cfg.workers} (must be an integer >= 1)")
-    if cfg.method != "rbd":
-        raise ValueError(f"workers: distributed training supports method 'rbd', not {cfg.method!r}")
-    if cfg.switch != "none":
-        raise ValueError(
-            f"workers: distributed training supports switch 'none', not {cfg.switch!r}"
-        )
     if cfg.bases not in BASES:
         raise ValueError(f"Invalid bases: {cfg.bases!r}; choose one of {BASES}")
     if cfg.combine not in COMBINE:

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from rbd.optim.distributed import Group, check_config, under_torchrun
 from rbd.train.loop import train
 from rbd.train.runs import RUN_JSON
-from rbd.train.settings import resolve_device
+from rbd.train.settings import check_settings, resolve_device
 
 
 def launch(cfg, out_dir) -> dict:
@@ -31,6 +31,7 @@ def launch(cfg, out_dir) -> dict:
     error is raised here). Backend: NCCL on CUDA, gloo on CPU.
     """
     check_config(cfg)
+    check_settings(cfg)
     if under_torchrun():
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         if world != cfg.workers:

@@ -12,12 +12,21 @@ import shlex
 from dataclasses import dataclass, fields
 
 from rbd import BASES_VERSION
+from rbd.train.sizes import num_params
 
 # The files of a run directory: the finished run's metrics and record, and the checkpoint
 # of an unfinished one.
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.csv"
 RUN_JSON = "run.json"
+
+
+# The forms a compartments or switch setting takes (the config schema holds the same
+# patterns; tests/test_config.py checks that they agree).
+COMPARTMENTS_PATTERN = (
+    r"none|layer|chunk:[1-9][0-9]*|compression:([1-9][0-9]*(\.[0-9]+)?|0\.[0-9]*[1-9][0-9]*)"
+)
+SWITCH_PATTERN = r"none|sgd_first:[1-9][0-9]*|sgd_last:[1-9][0-9]*"
 
 
 class RunDirectoryError(ValueError):
@@ -91,6 +100,39 @@ class RunSpec:
     def shell_args(self) -> str:
         """The CLI flags, each quoted for a POSIX shell."""
         return shlex.join(self.cli_args())
+
+
+def run_problems(spec: RunSpec) -> list[tuple[str, str]]:
+    """(setting, why) for each setting of ``spec`` that cannot work with the others.
+
+    The one list of these rules: the config (rbd.workflow.config), the command line
+    (rbd.cli) and the training loop (rbd.train.settings.check_settings) each report
+    them in their own words for the setting (a config key, a flag, a field).
+    """
+    problems = []
+    if spec.method != "sgd" and spec.dim > (size := num_params(spec.model, spec.dataset)):
+        problems.append(
+            (
+                "dim",
+                f"dim={spec.dim} exceeds D = {size:,}, the parameters of "
+                f"{spec.model} on {spec.dataset}; choose dim <= {size:,}",
+            )
+        )
+    if spec.switch != "none" and not 0 < int(spec.switch.partition(":")[2]) < spec.epochs:
+        problems.append(
+            ("switch", f"{spec.switch!r} must switch strictly between epoch 0 and {spec.epochs}")
+        )
+    if spec.workers is not None and spec.method != "rbd":
+        problems.append(
+            ("workers", f"distributed training needs method 'rbd', not {spec.method!r}")
+        )
+    if spec.workers is not None and spec.switch != "none":
+        problems.append(
+            ("workers", f"distributed training needs switch 'none', not {spec.switch!r}")
+        )
+    if spec.coordinates != "backward" and (spec.method != "rbd" or spec.workers is not None):
+        problems.append(("coordinates", f"{spec.coordinates!r} needs method 'rbd' without workers"))
+    return problems
 
 
 # Optional settings written into the key only when they differ from the default,

@@ -4,22 +4,20 @@ phases when switching, and the checks that fail before any work."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
 
 import torch
 
-from rbd.train import sizes
-from rbd.train.runs import RunSpec
-
-if TYPE_CHECKING:
-    pass
+from rbd.train.runs import RunSpec, run_problems
 
 # NES: each offspring on its own minibatch (the authors'), or all on one.
 NES_BATCHES = ("offspring", "shared")
 
 
 SWITCH_KINDS = ("sgd_first", "sgd_last")
+# Where a run trains: auto (CUDA when present), cpu, cuda or cuda:N (the schema's too).
+DEVICE_PATTERN = r"auto|cpu|cuda(:[0-9]+)?"
 
 
 @dataclass(frozen=True)
@@ -83,13 +81,10 @@ def check_settings(cfg: TrainConfig) -> None:
     """Settings that cannot work, found before any data is loaded (ValueError naming them)."""
     if cfg.nes_batches not in NES_BATCHES:
         raise ValueError(f"nes_batches {cfg.nes_batches!r}: choose one of {NES_BATCHES}")
-    if cfg.method != "sgd":
-        num_params = sizes.num_params(cfg.model, cfg.dataset)
-        if cfg.dim > num_params:
-            raise ValueError(
-                f"dim={cfg.dim} exceeds D = {num_params:,}, the parameters of {cfg.model} on "
-                f"{cfg.dataset}; choose dim <= {num_params:,}"
-            )
+    for setting, why in run_problems(cfg.spec):
+        raise ValueError(f"{setting}: {why}")
+    if not re.fullmatch(DEVICE_PATTERN, cfg.device):
+        raise ValueError(f"device: {cfg.device!r} is not one of {DEVICE_PATTERN}")
 
 
 def method_options(method: str, cfg: TrainConfig) -> dict:

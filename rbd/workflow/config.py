@@ -8,15 +8,14 @@ of `RunSpec`s. Errors name the offending key and the allowed values.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import re
 from pathlib import Path
 
 import yaml
 
-from rbd.train.runs import RunSpec
-from rbd.train.sizes import NUM_PARAMS
-from rbd.train.sizes import num_params as num_params_of
+from rbd.train.runs import RunSpec, run_problems
 
 DEFAULT_SCHEMA = Path("config/schemas/config.schema.yaml")
 _POWER_OF_TWO = re.compile(r"^\s*2\s*\^\s*(-?\d+)\s*$")
@@ -39,6 +38,8 @@ GRID_KEYS = {
     "workers": "workers",
     "bases": "bases",
 }
+# The config key that sets each RunSpec field given as a list (errors name it).
+_CONFIG_KEY = {field: key for key, field in GRID_KEYS.items()}
 # Scalar settings an experiment may override; the same keys form `defaults`.
 SCALAR_KEYS = (
     "epochs",
@@ -95,11 +96,15 @@ def load_schema(path: str | Path = DEFAULT_SCHEMA) -> dict:
 
 
 def validate_config(config: dict, schema: dict | str | Path = DEFAULT_SCHEMA) -> None:
-    """Raise ConfigError for the first problem found, naming the key path."""
+    """Fill in the schema's defaults of the keys left out (the only place defaults live),
+    then raise ConfigError for the first problem found, naming the key path."""
     import jsonschema
 
     if not isinstance(schema, dict):
         schema = load_schema(schema)
+    for key, prop in schema.get("properties", {}).items():
+        if "default" in prop and key not in config:
+            config[key] = copy.deepcopy(prop["default"])
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.path), list(e.path)))
     if errors:
@@ -108,11 +113,6 @@ def validate_config(config: dict, schema: dict | str | Path = DEFAULT_SCHEMA) ->
         runs = expand_experiment(config, name)
         for spec in runs:
             _check_run(spec, f"experiments.{name}")
-
-
-# The smallest D of any model and data set (resnet8 on 28x28x1): a dim up to this fits
-# every model. rbd.train.sizes holds every D (tests check them against the models).
-MIN_NUM_PARAMS = min(NUM_PARAMS.values())
 
 
 def _describe(error) -> str:
@@ -133,27 +133,8 @@ def _describe(error) -> str:
 
 
 def _check_run(spec: RunSpec, where: str) -> None:
-    if spec.method != "sgd" and spec.dim > MIN_NUM_PARAMS:
-        num_params = num_params_of(spec.model, spec.dataset)
-        if spec.dim > num_params:
-            raise ConfigError(
-                f"config key {where}.dims: dim {spec.dim} exceeds D = {num_params} of "
-                f"{spec.model} on {spec.dataset}"
-            )
-    if spec.workers is not None and spec.method != "rbd":
-        raise ConfigError(
-            f"config key {where}.workers: distributed training needs method rbd, "
-            f"not {spec.method!r}"
-        )
-    if spec.workers is not None and spec.switch != "none":
-        raise ConfigError(f"config key {where}.workers: distributed training needs switch none")
-    if spec.switch != "none":
-        at = int(spec.switch.partition(":")[2])
-        if not 0 < at < spec.epochs:
-            raise ConfigError(
-                f"config key {where}.switches: {spec.switch!r} must switch strictly "
-                f"between epoch 0 and {spec.epochs}"
-            )
+    for setting, why in run_problems(spec):
+        raise ConfigError(f"config key {where}.{_CONFIG_KEY.get(setting, setting)}: {why}")
 
 
 def learning_rate(

@@ -46,9 +46,9 @@ PYTHON = (
 )
 import_package_from(RBD_ROOT)
 # Shared cluster storage: RBD_DATA_DIR overrides the config's data_dir.
-DATA_DIR = os.environ.get("RBD_DATA_DIR") or config.get("data_dir", "resources/data")
+DATA_DIR = os.environ.get("RBD_DATA_DIR") or config["data_dir"]
 # Data set -> local folder to install it from (`rbd download --from`) instead of downloading.
-DATA_SOURCE = config.get("data_source", {})
+DATA_SOURCE = config["data_source"]
 # Data sets that ship inside a package and need no download step.
 BUNDLED_DATASETS = {"mnist5k"}
 RUNS = experiment_runs(config)
@@ -112,13 +112,13 @@ def write_train_launcher(path=TRAIN_LAUNCHER, warm_socket=None):
             "--data-dir",
             DATA_DIR,
             "--device",
-            str(config.get("device", "auto")),
+            str(config["device"]),
             "--threads",
-            str(config.get("threads", 1)),
+            str(config["threads"]),
             "--checkpoint-minutes",
-            str(config.get("checkpoint_minutes", 10)),
+            str(config["checkpoint_minutes"]),
             "--divergence-loss",
-            str(config.get("divergence_loss", 1000)),
+            str(config["divergence_loss"]),
         ]
     )
     write_text(
@@ -131,7 +131,7 @@ def start_warm_start():
     """WARM_SOCKET once a warm-start server listens there, else None: only with config
     warm_start, the local executor (a cluster job runs elsewhere) and no conda (the
     jobs' interpreter is the one running Snakemake)."""
-    if not config.get("warm_start", False) or not workflow.local_exec or _USE_CONDA:
+    if not config["warm_start"] or not workflow.local_exec or _USE_CONDA:
         return None
     server, problem = start_server(WARM_SOCKET, WARM_LOG)
     if server is None:
@@ -160,7 +160,7 @@ def run_workers(run):
 
 def train_threads(wildcards):
     """CPUs of a training job: `threads` (config key) for each of its W workers."""
-    return run_workers(wildcards.run) * int(config.get("threads", 1))
+    return run_workers(wildcards.run) * int(config["threads"])
 
 
 def train_runtime(wildcards, attempt):
@@ -170,8 +170,8 @@ def train_runtime(wildcards, attempt):
     from its checkpoint."""
     return runtime_minutes(
         parse_run_key(wildcards.run),
-        device=str(config.get("device", "auto")),
-        scale=float(config.get("runtime_scale", 1.0)),
+        device=str(config["device"]),
+        scale=float(config["runtime_scale"]),
         attempt=attempt,
     )
 
@@ -179,7 +179,7 @@ def train_runtime(wildcards, attempt):
 def train_priority(wildcards):
     """Multi-process jobs first, then the longest (rbd.workflow.cost.schedule_priority)."""
     spec = parse_run_key(wildcards.run)
-    return schedule_priority(spec, device=str(config.get("device", "auto")))
+    return schedule_priority(spec, device=str(config["device"]))
 
 
 def train_mem_mb(wildcards):
@@ -188,7 +188,7 @@ def train_mem_mb(wildcards):
 
 
 def uses_gpu():
-    return str(config.get("device", "auto")).startswith("cuda")
+    return str(config["device"]).startswith("cuda")
 
 
 def train_gpus(wildcards):
@@ -230,7 +230,7 @@ def experiment_targets(name):
 def paper_vs_ours_tables(wildcards):
     """The CSVs figures/paper_vs_ours.pdf draws ours from (config key `paper_vs_ours`):
     the committed verification summary of this checkout, or this run's Table 1 and 2."""
-    if config.get("paper_vs_ours", "verification") == "verification":
+    if config["paper_vs_ours"] == "verification":
         return [os.path.join(RBD_ROOT, VERIFICATION_CSV)]
     names = [name for name in PAPER_TABLES if name in KINDS]
     if not names:
