@@ -56,8 +56,8 @@ gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check rbd tests benchmarks docs
-	$(VENV)/bin/ruff format --check rbd tests benchmarks docs
+	$(VENV)/bin/ruff check rbd tests benchmarks docs examples
+	$(VENV)/bin/ruff format --check rbd tests benchmarks docs examples
 	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
 	$(VENV)/bin/snakemake --lint --configfile=config/quick.yaml
 

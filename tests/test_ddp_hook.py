@@ -6,6 +6,7 @@ import math
 import multiprocessing
 import re
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -174,3 +175,21 @@ def test_readme_example_runs_under_torchrun_on_two_cpu_processes():
     assert wire, proc.stdout
     total, buckets, dim = map(int, wire.groups())
     assert total == buckets * dim * 4
+
+
+def test_hf_trainer_example_registers_the_hook_through_a_callback():
+    """examples/hf_trainer_rbd.py, where transformers and accelerate are installed."""
+    for package in ("transformers", "accelerate"):
+        pytest.importorskip(package, reason=f"{package} is not installed (not an rbd dependency)")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "examples/hf_trainer_rbd.py"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "parameters identical on 2 workers" in proc.stdout, proc.stdout
+    total, buckets, dim = map(int, re.search(r"(\d+) bytes in (\d+) bucket\(s\) of d = (\d+)",
+                                             proc.stdout).groups())  # fmt: skip
+    assert buckets >= 1 and total == buckets * dim * 4  # the hook ran: d floats per bucket
+    losses = [float(x) for x in re.search(r"loss every 20 steps: (.*)", proc.stdout)[1].split(",")]
+    assert losses[-1] < losses[0] / 2
