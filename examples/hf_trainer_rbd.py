@@ -81,7 +81,8 @@ def main() -> None:
         trainer = Trainer(model=model, args=training, train_dataset=teacher_data(4096))
         state = RBDHookState(seed=args.seed, dim=args.dim)
         trainer.add_callback(RBDHookCallback(trainer, state))
-        losses = [r["loss"] for r in trainer.train() and trainer.state.log_history if "loss" in r]
+        trainer.train()
+        losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
     gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, flat)
