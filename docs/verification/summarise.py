@@ -206,6 +206,9 @@ def main() -> None:
             model, dataset, method = s["run_key"].split("/")[1::-1] + [s["run_key"].split("/")[2]]
             pairs = list(TABLE1)
             order[s["cell"]] = -1000 + 10 * pairs.index((model, dataset)) + METHODS.index(method)
+        elif s["cell"].startswith("table2:"):
+            # Table 2's cells after Table 1's, before the readings.
+            order[s["cell"]] -= 500
     summaries.sort(key=lambda s: order[s["cell"]])
     epochs.sort(key=lambda e: (order[e["cell"]], int(e["epoch"])))
     write_text(SUMMARY_CSV, _csv(summaries, SUMMARY_COLUMNS))
