@@ -76,6 +76,7 @@ def _add_train_parser(sub) -> None:
     from rbd.bases import DISTRIBUTIONS
     from rbd.optim import COMPARTMENT_SCALES, COORDINATES, METHODS
     from rbd.optim.distributed import BASES, COMBINE
+    from rbd.optim.update_rules import UPDATE_RULES
     from rbd.train.models import INITS, MODELS
     from rbd.train.settings import NES_BATCHES
 
@@ -128,6 +129,17 @@ def _add_train_parser(sub) -> None:
         "--fpd-offset",
         action=argparse.BooleanOptionalAction,
         help="FPD: gradient at theta + Phi^T c_prev, as the authors' FPD (models/rbd.py)",
+    )
+    p.add_argument(
+        "--update-rule",
+        choices=UPDATE_RULES,
+        help="RBD, FPD: the coordinates' update rule; SGD: SGD, momentum SGD or Adam",
+    )
+    p.add_argument("--beta2", type=float, help="Adam's second-moment decay")
+    p.add_argument(
+        "--l2",
+        type=float,
+        help="add l2 * (sum of squared kernel weights) to the loss, as Keras's l2()",
     )
     p.add_argument(
         "--even-dims",

@@ -78,6 +78,7 @@ from rbd.bases.projection import (
     generate_directions,
     project,
     project_coordinates,
+    structured_blocks,
 )
 from rbd.bases.seeds import direction_seed, step_seeds
 from rbd.bases.structured import (
@@ -113,6 +114,7 @@ __all__ = [
     "project",
     "row_width",
     "step_seeds",
+    "structured_blocks",
 ]
 
 # Names this package no longer uses: `coordinates` named a function, RBD's mode and FPD's

@@ -101,6 +101,17 @@ def project(
     return coords, update
 
 
+def structured_blocks(seeds, size: int, distribution: str, device=None) -> StructuredBlocks:
+    """The drawn factors of a structured Phi (``seeds``, ``size``), kept out of the shared
+    workspace: pass them as ``blocks=`` to :func:`project_coordinates` and :func:`expand`
+    to apply one Phi several times without drawing it again (the same bits)."""
+    check_distribution(distribution)
+    if distribution not in STRUCTURED:
+        raise ValueError(f"{distribution!r} is not a structured distribution {STRUCTURED}")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    return StructuredBlocks(seeds, size, distribution, device).kept()
+
+
 def project_coordinates(
     grad: torch.Tensor,
     seeds,
@@ -109,14 +120,16 @@ def project_coordinates(
     normalize: bool = True,
     chunk_size: int | None = None,
     threads: int | None = None,
+    blocks: StructuredBlocks | None = None,
 ) -> torch.Tensor:
     """``project(grad, seeds, ...)[0]`` without forming the update: half the work where
     the update is built later from other coordinates (a DDP hook expands the workers'
-    mean). The same chunks and threads as :func:`project`, so the same bits."""
-    return _project(grad, seeds, distribution, normalize, chunk_size, threads, False)[0]
+    mean). The same chunks and threads as :func:`project`, so the same bits. ``blocks``:
+    a structured Phi's factors from :func:`structured_blocks` for these seeds."""
+    return _project(grad, seeds, distribution, normalize, chunk_size, threads, False, blocks)[0]
 
 
-def _project(grad, seeds, distribution, normalize, chunk_size, threads, with_update):
+def _project(grad, seeds, distribution, normalize, chunk_size, threads, with_update, blocks=None):
     """:func:`project`, or with ``with_update=False`` its coordinates alone (update None)."""
     check_distribution(distribution)
     if grad.dim() != 1:
@@ -127,7 +140,8 @@ def _project(grad, seeds, distribution, normalize, chunk_size, threads, with_upd
     g = grad.detach().to(torch.float32)
     if distribution in STRUCTURED:
         with one_thread(device):
-            blocks = StructuredBlocks(seeds, size, distribution, device) if dim else None
+            if blocks is None and dim:
+                blocks = StructuredBlocks(seeds, size, distribution, device)
             coords = blocks.apply(g) if dim else torch.zeros(0, device=device)
             if normalize:
                 coords.mul_(1.0 / math.sqrt(size))
@@ -160,8 +174,10 @@ def expand(
     normalize: bool = True,
     chunk_size: int | None = None,
     threads: int | None = None,
+    blocks: StructuredBlocks | None = None,
 ) -> torch.Tensor:
-    """The update ``Phi^T c`` for given coordinates, regenerating Phi from ``seeds``.
+    """The update ``Phi^T c`` for given coordinates, regenerating Phi from ``seeds``
+    (a structured Phi: or taking its factors, ``blocks``, from :func:`structured_blocks`).
 
     ``coords`` has one entry per seed; returns ``update[size]`` on its device
     in its dtype. The same chunks, threads and summation order as
@@ -178,7 +194,8 @@ def expand(
     c_all = coords.detach().to(torch.float32)
     if distribution in STRUCTURED:
         with one_thread(device):
-            blocks = StructuredBlocks(seeds, size, distribution, device) if dim else None
+            if blocks is None and dim:
+                blocks = StructuredBlocks(seeds, size, distribution, device)
             update = structured_update(blocks, c_all, size, normalize, device)
         return update.to(coords.dtype)
     update = dense_update(

@@ -208,6 +208,14 @@ class StructuredBlocks:
     def blocks(self) -> int:
         return self.signs.shape[0]
 
+    def kept(self) -> StructuredBlocks:
+        """These blocks with factors of their own, out of the per-thread workspace, so that
+        they can be kept and reused while other blocks are drawn (FPD's fixed Phi)."""
+        for name in ("signs", "gaussian", "perm"):
+            if hasattr(self, name):
+                setattr(self, name, getattr(self, name).clone())
+        return self
+
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Raw coordinates ``Phi_raw x`` of a length-D vector: Tensor[d]."""
         n, k = self.n, self.rows

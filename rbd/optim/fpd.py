@@ -125,12 +125,29 @@ class FPD(RandomBases):
         share = self._network_share(compartment)
         return phi / math.sqrt(compartment.size / share) if group["normalize"] else phi
 
-    def _project(self, compartment: Compartment, step: int, grad: torch.Tensor):
+    def _coordinates(self, compartment: Compartment, step: int, grad: torch.Tensor):
         if not self.cache:
-            return super()._project(compartment, step, grad)
+            return super()._coordinates(compartment, step, grad)
+        return (self._cached_directions(compartment) @ grad.float()).to(grad.dtype)
+
+    def _expand(self, compartment: Compartment, step: int, coords: torch.Tensor):
+        if not self.cache:
+            return super()._expand(compartment, step, coords)
+        update = self._cached_directions(compartment).t() @ coords.float()
+        if not self.param_groups[compartment.group]["normalize"]:
+            update /= compartment.dim
+        return update.to(coords.dtype)
+
+    def _cached_directions(self, compartment: Compartment) -> torch.Tensor:
         phi = self._cached.get(compartment)
         if phi is None:
             phi = self._cached[compartment] = self.directions(compartment)
+        return phi
+
+    def _project(self, compartment: Compartment, step: int, grad: torch.Tensor):
+        if not self.cache:
+            return super()._project(compartment, step, grad)
+        phi = self._cached_directions(compartment)
         coords = phi @ grad.float()
         update = phi.t() @ coords
         if not self.param_groups[compartment.group]["normalize"]:

@@ -7,6 +7,7 @@ import torch
 from rbd.optim.fpd import FPD
 from rbd.optim.nes import NES
 from rbd.optim.rbd import RBD
+from rbd.optim.update_rules import BETA2, EPS, MOMENTUM, check_update_rule
 
 METHODS = ("sgd", "rbd", "fpd", "nes")
 
@@ -25,13 +26,20 @@ def build_optimizer(
     """The optimiser named ``method`` (one of ``METHODS``).
 
     ``"sgd"`` is ``torch.optim.SGD(params, lr=lr)`` (no momentum; dim,
-    distribution, seed and compartments are ignored). Other options
+    distribution, seed and compartments are ignored), or with ``update_rule``
+    ``"momentum"`` SGD with momentum 0.9, with ``"adam"`` ``torch.optim.Adam`` (betas
+    0.9 and ``beta2``, eps 1e-8): the update rules RBD and FPD apply to their
+    coordinates, applied to the parameters. Other options
     (``normalize``, ``worker``; RBD/FPD ``chunk_size``, ``workers``; RBD
     ``coordinates``; FPD ``cache``; NES ``sigma``, ``antithetic``) go to the
     class.
     """
     if method == "sgd":
-        return torch.optim.SGD(params, lr=lr)
+        rule, beta2 = options.pop("update_rule", "sgd"), options.pop("beta2", BETA2)
+        check_update_rule(rule, beta2)
+        if rule == "adam":
+            return torch.optim.Adam(params, lr=lr, betas=(MOMENTUM, beta2), eps=EPS)
+        return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM if rule == "momentum" else 0.0)
     classes = {"rbd": RBD, "fpd": FPD, "nes": NES}
     if method not in classes:
         raise ValueError(f"Invalid method: {method!r}; choose one of {METHODS}")

@@ -10,14 +10,18 @@ from collections.abc import Mapping
 import torch
 
 from rbd.bases import (
+    STRUCTURED,
     direction_chunks,
     expand,
     project,
+    project_coordinates,
     step_seeds,
+    structured_blocks,
 )
 from rbd.optim.compartments import COMPARTMENT_SCALES, Compartment, compartment_ranges
 from rbd.optim.seeded import SeededOptimizer, add_flat, check_integer, flatten
 from rbd.optim.step_stats import StepStatistics
+from rbd.optim.update_rules import BETA2, STATE_KEYS, check_update_rule, coordinate_step
 
 # How RBD gets its coordinates c_i = <g, phi_i>: a backward pass and c = Phi g,
 # or one forward-mode directional derivative per direction (no backward pass).
@@ -52,6 +56,8 @@ class RandomBases(SeededOptimizer):
         compartments: str = "none",
         compartment_scale: str = "compartment",
         even_dims: bool = False,
+        update_rule: str = "sgd",
+        beta2: float = BETA2,
         worker: int = 0,
         chunk_size: int | None = None,
         threads: int | None = None,
@@ -68,6 +74,9 @@ class RandomBases(SeededOptimizer):
         self.chunk_size = chunk_size
         self.threads = threads
         self.compartments: list[Compartment] = []
+        # A structured Phi's drawn factors per compartment, with the step they are for:
+        # drawn once per step for the coordinates and the update (once for good in FPD).
+        self._kept_blocks: dict[Compartment, tuple[int, object]] = {}
         defaults = dict(
             lr=lr,
             dim=dim,
@@ -77,6 +86,8 @@ class RandomBases(SeededOptimizer):
             compartments=compartments,
             compartment_scale=compartment_scale,
             even_dims=even_dims,
+            update_rule=update_rule,
+            beta2=beta2,
             **group_defaults,
             step=0,
         )
@@ -95,6 +106,7 @@ class RandomBases(SeededOptimizer):
                 f"choose one of {COMPARTMENT_SCALES}"
             )
         self._ranges(group)  # raises on a malformed compartments spec
+        check_update_rule(group["update_rule"], group["beta2"])
 
     @staticmethod
     def _ranges(group: Mapping) -> list[tuple[int, int, int]]:
@@ -114,6 +126,14 @@ class RandomBases(SeededOptimizer):
         )
         for k, (a, b, d) in enumerate(self._ranges(group)):
             self.compartments.append(Compartment(index, first + k, a, b, d))
+        if group["params"]:
+            device = group["params"][0].device
+            state = self.state[group["params"][0]]
+            for key in STATE_KEYS[group["update_rule"]]:
+                state[key] = [
+                    torch.zeros(c.dim, dtype=torch.float32, device=device)
+                    for c in self.compartments_of(index)
+                ]
 
     def compartments_of(self, group: int) -> list[Compartment]:
         """The compartments of param group ``group``, in order."""
@@ -168,6 +188,65 @@ class RandomBases(SeededOptimizer):
             coords, update = coords.mul_(math.sqrt(share)), update.mul_(share)
         return coords, update
 
+    def _blocks(self, compartment: Compartment, step: int):
+        """The compartment's structured Phi at ``step``, drawn once (None for dense bases)."""
+        group = self.param_groups[compartment.group]
+        if group["distribution"] not in STRUCTURED:
+            return None
+        step = step if self.redraw else 0
+        kept = self._kept_blocks.get(compartment)
+        if kept is None or kept[0] != step:
+            blocks = structured_blocks(
+                self.seeds(compartment, step),
+                compartment.size,
+                group["distribution"],
+                group["params"][0].device,
+            )
+            kept = self._kept_blocks[compartment] = (step, blocks)
+        return kept[1]
+
+    def _coordinates(self, compartment: Compartment, step: int, grad: torch.Tensor):
+        """c = Phi g alone (the update is built from the update rule's step instead)."""
+        group = self.param_groups[compartment.group]
+        coords = project_coordinates(
+            grad,
+            self.seeds(compartment, step),
+            group["distribution"],
+            normalize=group["normalize"],
+            chunk_size=self.chunk_size,
+            threads=self.threads,
+            blocks=self._blocks(compartment, step),
+        )
+        share = self._network_share(compartment)
+        return coords.mul_(math.sqrt(share)) if share != 1.0 else coords
+
+    def _expand(self, compartment: Compartment, step: int, coords: torch.Tensor):
+        """Phi^T s for the compartment's Phi at ``step`` (rows scaled as in the update)."""
+        group = self.param_groups[compartment.group]
+        update = expand(
+            coords,
+            self.seeds(compartment, step),
+            compartment.size,
+            group["distribution"],
+            normalize=group["normalize"],
+            chunk_size=self.chunk_size,
+            threads=self.threads,
+            blocks=self._blocks(compartment, step),
+        )
+        share = self._network_share(compartment)
+        return update.mul_(math.sqrt(share)) if share != 1.0 else update
+
+    def _coordinate_step(self, compartment: Compartment, coords: torch.Tensor):
+        """The group's update rule applied to the coordinate gradient (rbd.optim.update_rules)."""
+        group = self.param_groups[compartment.group]
+        rule = group["update_rule"]
+        if rule == "sgd":
+            return coords
+        state = self.state[group["params"][0]]
+        k = self.compartments_of(compartment.group).index(compartment)
+        buffers = [state[key][k] for key in STATE_KEYS[rule]]
+        return coordinate_step(rule, coords, buffers, group["step"], group["beta2"])
+
     def _record(self, coords: torch.Tensor, compartment: Compartment, lr: float) -> None:
         """Hook for FPD to accumulate its coordinates."""
 
@@ -187,9 +266,16 @@ class RandomBases(SeededOptimizer):
             g = flatten(grads)
             update = torch.zeros_like(g)
             for comp in self.compartments_of(gi):
-                coords, u = self._project(comp, group["step"], g[comp.start : comp.stop])
+                part = g[comp.start : comp.stop]
+                if group["update_rule"] == "sgd":
+                    coords, u = self._project(comp, group["step"], part)
+                    stats.add_coordinates(coords.float())
+                else:
+                    coords = self._coordinates(comp, group["step"], part)
+                    stats.add_coordinates(coords.float())
+                    coords = self._coordinate_step(comp, coords)
+                    u = self._expand(comp, group["step"], coords.to(g.dtype))
                 update[comp.start : comp.stop] = u
-                stats.add_coordinates(coords.float())
                 self._record(coords, comp, group["lr"])
             lr = group["lr"]
             # A parameter without a gradient stays put (a zero gradient in the projection).
@@ -214,8 +300,8 @@ class RBD(RandomBases):
     update divided by d_k (``normalize=False``).
 
     As in ``torch.optim.SGD``, ``lr``, ``dim``, ``distribution``, ``seed``,
-    ``normalize``, ``compartments``, ``compartment_scale`` and ``even_dims``
-    are param-group settings (the arguments are their defaults):
+    ``normalize``, ``compartments``, ``compartment_scale``, ``even_dims``,
+    ``update_rule`` and ``beta2`` are param-group settings (the arguments are their defaults):
     each group has its own compartments, seeds and step counter t. Compartment
     indices k count on from earlier groups with the same seed, so groups
     never share bases, and a group with a seed of its own is updated exactly
@@ -236,6 +322,11 @@ class RBD(RandomBases):
             compartment (``"compartment"``, default) or by 1/sqrt(D) of the whole
             param group (``"network"``, the authors' code).
         even_dims: round ``compression:<f>`` d_k up to an even number (the authors').
+        update_rule: how the coordinate gradient c becomes the step s, theta moving by
+            -lr Phi^T s: ``"sgd"`` (s = c, default), ``"momentum"`` (0.9) or ``"adam"``
+            (betas 0.9 and ``beta2``, eps 1e-8), with one buffer per direction index
+            (:mod:`rbd.optim.update_rules` says what that means for re-drawn bases).
+        beta2: Adam's second-moment decay (default 0.999, torch's).
         worker: this process's worker id, mixed into the seeds (distributed RBD);
             an attribute, so that every worker loads the same state_dict.
         chunk_size: directions generated at once (default: what fits in L2).

@@ -251,7 +251,7 @@ def _train_epoch(
         step_start = time.perf_counter()
         count = min(per_update, setup.num_batches - progress.next_batch)
         batches = _minibatches(setup, permutation, progress.next_batch, count, progress.aug_gen)
-        loss, correct, seen = take_step(setup.model, optimizer, batches, offspring)
+        loss, correct, seen = take_step(setup.model, optimizer, batches, offspring, cfg.l2)
         if setup.group is not None:
             # All workers see the same gathered coordinates, hence agree.
             loss = math.nan if optimizer.diverged else loss

@@ -1,14 +1,20 @@
-"""The paper's models, named as in the paper (fc, cnn, resnet8)."""
+"""The paper's models, named as in the paper (fc, cnn, resnet8), and Li et al.'s two MNIST
+networks of the intrinsic-dimension experiment (fc2x200, lenet)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
-MODELS = ("fc", "cnn", "resnet8")
+MODELS = ("fc", "cnn", "resnet8", "fc2x200", "lenet")
 # "glorot": Glorot-uniform weights and zero biases, the Keras defaults the authors'
-# TensorFlow models train from; "torch": PyTorch's own layer defaults.
-INITS = ("glorot", "torch")
+# TensorFlow models train from; "torch": PyTorch's own layer defaults; "he_normal": Keras's
+# he_normal weights and zero biases, Li et al.'s (intrinsic_dim/model_builders.py).
+INITS = ("glorot", "torch", "he_normal")
+# Keras's truncated normal keeps draws within two standard deviations.
+TRUNCATION_STDS = 2.0
 
 
 def fc(input_shape: tuple[int, int, int], num_classes: int = 10) -> nn.Module:
@@ -37,6 +43,40 @@ def cnn(input_shape: tuple[int, int, int], num_classes: int = 10) -> nn.Module:
         nn.Linear(64 * spatial_h * spatial_w, 64),
         nn.ReLU(),
         nn.Linear(64, num_classes),
+    )
+
+
+def fc2x200(input_shape: tuple[int, int, int], num_classes: int = 10) -> nn.Module:
+    """Li et al.'s MNIST FC network: Dense 200 + ReLU twice, Dense 10 (D = 199,210)."""
+    c, h, w = input_shape
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(c * h * w, 200),
+        nn.ReLU(),
+        nn.Linear(200, 200),
+        nn.ReLU(),
+        nn.Linear(200, num_classes),
+    )
+
+
+def lenet(input_shape: tuple[int, int, int], num_classes: int = 10) -> nn.Module:
+    """Li et al.'s LeNet: 5x5 valid convolutions to 6 and 16 channels, each with ReLU and a
+    2x2 max-pool, Dense 120, Dense 84 (ReLU), Dense 10 (D = 44,426 on 28x28x1)."""
+    c, h, w = input_shape
+    spatial_h, spatial_w = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2
+    return nn.Sequential(
+        nn.Conv2d(c, 6, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * spatial_h * spatial_w, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+        nn.Linear(84, num_classes),
     )
 
 
@@ -99,7 +139,7 @@ def resnet8(input_shape: tuple[int, int, int], num_classes: int = 10) -> nn.Modu
     return ResNet8(input_shape, num_classes)
 
 
-_BUILDERS = {"fc": fc, "cnn": cnn, "resnet8": resnet8}
+_BUILDERS = {"fc": fc, "cnn": cnn, "resnet8": resnet8, "fc2x200": fc2x200, "lenet": lenet}
 
 
 def build_model(
@@ -115,20 +155,34 @@ def build_model(
     U(-a, a) with a = sqrt(6 / (fan_in + fan_out)), biases zero. PyTorch's own default
     (``init="torch"``, variance 1 / (3 fan_in)) gives the CNN's deeper layers 2 to 6 times
     less variance, and the CNN then starts on a flat plateau where random-bases steps,
-    which see only d/D of the gradient, stall. Batch norm keeps scale 1 and shift 0.
+    which see only d/D of the gradient, stall. ``init="he_normal"``: Keras's he_normal as
+    Li et al.'s Keras 2 ran it, weights N(0, 2 / fan_in) truncated at two standard
+    deviations, biases zero. Batch norm keeps scale 1 and shift 0.
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
     model = _BUILDERS[name](input_shape, num_classes)
-    if init == "glorot":
-        for module in model.modules():
-            if isinstance(module, nn.Linear | nn.Conv2d):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+    if init == "torch":
+        return model
+    for module in kernel_layers(model):
+        if init == "glorot":
+            nn.init.xavier_uniform_(module.weight)
+        else:
+            fan_in = module.weight[0].numel()
+            std = math.sqrt(2.0 / fan_in)
+            bound = TRUNCATION_STDS * std
+            nn.init.trunc_normal_(module.weight, std=std, a=-bound, b=bound)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
     return model
+
+
+def kernel_layers(model: nn.Module) -> list[nn.Module]:
+    """The dense and convolution layers, whose weights (kernels) Keras initialises and
+    regularises (biases and batch norm are neither)."""
+    return [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
 
 
 def count_params(model: nn.Module) -> int:

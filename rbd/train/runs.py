@@ -75,6 +75,14 @@ class RunSpec:
     # FPD: forward and backward pass at theta + Phi^T c_prev (c_prev: the last step's
     # coordinate gradient), as the authors' FPD runs them (models/rbd.py).
     fpd_offset: bool = False
+    # RBD, FPD: how the coordinate gradient becomes the coordinate step (sgd, momentum,
+    # adam; rbd.optim.update_rules); SGD: torch.optim.SGD, SGD with momentum, or Adam on
+    # the parameters. beta2: Adam's second-moment decay.
+    update_rule: str = "sgd"
+    beta2: float = 0.999
+    # An L2 term l2 * sum of squared kernel weights (dense and convolution weights, not
+    # biases) added to the loss the gradient is taken of, as Keras's l2 regulariser.
+    l2: float = 0.0
     # How directions are drawn from seeds (rbd.BASES_VERSION); the key of every method
     # but SGD names it, so runs drawn with older bases keep their own directories.
     bases_version: int = BASES_VERSION
@@ -132,6 +140,25 @@ def run_problems(spec: RunSpec) -> list[tuple[str, str]]:
         )
     if spec.coordinates != "backward" and (spec.method != "rbd" or spec.workers is not None):
         problems.append(("coordinates", f"{spec.coordinates!r} needs method 'rbd' without workers"))
+    backward = spec.coordinates == "backward" and spec.workers is None
+    if spec.update_rule != "sgd" and (spec.method == "nes" or not backward):
+        problems.append(
+            (
+                "update_rule",
+                f"{spec.update_rule!r} needs method sgd, rbd or fpd, one process and backward "
+                f"coordinates (not method {spec.method!r}, coordinates {spec.coordinates!r}, "
+                f"workers {spec.workers})",
+            )
+        )
+    if spec.l2 < 0 or (spec.l2 > 0 and (spec.method == "nes" or not backward)):
+        problems.append(
+            (
+                "l2",
+                f"l2={spec.l2} must be >= 0, and > 0 only for a gradient taken by a backward "
+                f"pass in one process (not method {spec.method!r}, coordinates "
+                f"{spec.coordinates!r}, workers {spec.workers})",
+            )
+        )
     return problems
 
 
@@ -154,6 +181,9 @@ _OPTION_TOKENS = {
     "compartment_scale": "cs",
     "even_dims": "even",
     "fpd_offset": "off",
+    "update_rule": "rule",
+    "beta2": "b2",
+    "l2": "l2",
 }
 # Written into every key of a method that draws bases, default or not: a key without
 # it is a run of version 1, from before the version was recorded.

@@ -91,13 +91,14 @@ def method_options(method: str, cfg: TrainConfig) -> dict:
     """The settings that only some methods take."""
     if method == "nes":
         return {"sigma": cfg.nes_sigma, "normalize_update": cfg.nes_normalize}
-    compartments = {
+    rule = {"update_rule": cfg.update_rule, "beta2": cfg.beta2}
+    if method == "sgd":
+        return rule
+    compartments = rule | {
         "normalize": cfg.normalize,
         "compartment_scale": cfg.compartment_scale,
         "even_dims": cfg.even_dims,
     }
     if method == "rbd":
         return compartments | {"coordinates": cfg.coordinates}
-    if method == "fpd":
-        return compartments | {"offset": cfg.fpd_offset}
-    return {}
+    return compartments | {"offset": cfg.fpd_offset}

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from rbd.optim import module_loss
 from rbd.optim.seeded import SeededOptimizer
+from rbd.train.models import kernel_layers
 
 if TYPE_CHECKING:
     pass
@@ -30,18 +31,28 @@ def unchanged_buffers(model: torch.nn.Module):
                 buffer.copy_(value)
 
 
-def take_step(model, optimizer, batches, offspring: bool) -> tuple[float, int, int]:
+def take_step(
+    model, optimizer, batches, offspring: bool, l2: float = 0.0
+) -> tuple[float, int, int]:
     """One optimiser update; its loss, and the correct answers and images it was scored on."""
     if offspring:
         return nes_offspring_step(model, optimizer, batches)
     ((x, y),) = batches
-    loss, logits = train_step(model, optimizer, x, y)
+    loss, logits = train_step(model, optimizer, x, y, l2)
     return loss, int((logits.argmax(1) == y).sum()), len(y)
 
 
-def train_step(model, optimizer, x, y) -> tuple[float, torch.Tensor]:
+def l2_penalty(model: torch.nn.Module, l2: float) -> torch.Tensor:
+    """``l2`` times the sum of squared kernel weights (dense and convolution weights; no
+    biases): Keras's ``l2(l2)`` kernel regulariser, as Li et al. add it to the loss."""
+    return l2 * sum(layer.weight.square().sum() for layer in kernel_layers(model))
+
+
+def train_step(model, optimizer, x, y, l2: float = 0.0) -> tuple[float, torch.Tensor]:
     """One optimiser step on (x, y); returns the minibatch loss and logits before the step.
-    How the step is taken is what the optimiser's ``step_input`` asks for."""
+    How the step is taken is what the optimiser's ``step_input`` asks for. With ``l2`` the
+    gradient is the regularised loss's (`l2_penalty`); the loss returned is the
+    cross-entropy alone, comparable with unregularised runs."""
     optimizer.zero_grad(set_to_none=True)
     if len(y) == 0:  # a worker's empty share of the last, short global batch
         optimizer.step(loss=0.0)
@@ -70,7 +81,7 @@ def train_step(model, optimizer, x, y) -> tuple[float, torch.Tensor]:
     with optimizer.offset_point() if ours else nullcontext():
         logits = model(x)
         loss = F.cross_entropy(logits, y)
-        loss.backward()
+        (loss + l2_penalty(model, l2) if l2 else loss).backward()
     if ours and optimizer.takes_loss:  # distributed: a diverged worker tells all
         optimizer.step(loss=loss.item())
     else:
