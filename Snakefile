@@ -11,15 +11,17 @@ min_version("9.0")
 WORKFLOW_START = time.time()
 
 
-# The preset: a complete --configfile=PATH is used as it is; otherwise the given keys
-# (--config preset=quick, override files) are merged over the named preset's file
-# (config/<preset>.yaml; default paper, config/config.yaml). rbd.workflow.config.resolve_preset.
+# The configuration: a complete --configfile=PATH is used as it is; otherwise the given
+# keys (--config preset=quick, override files) are merged over the named preset's file
+# (config/<preset>.yaml; default paper, config/config.yaml); then validated against
+# config/schemas/config.schema.yaml with every default filled in. One call:
+# rbd.workflow.config.resolve_config.
 from snakemake.exceptions import WorkflowError
 
-from rbd.workflow.config import ConfigError, resolve_preset
+from rbd.workflow.config import ConfigError, resolve_config
 
 try:
-    _resolved = resolve_preset(dict(config), os.path.join(workflow.basedir, "config"))
+    _resolved = resolve_config(dict(config), workflow.basedir)
 except ConfigError as err:
     raise WorkflowError(f"invalid configuration: {err}") from None
 config.clear()
@@ -27,6 +29,7 @@ config.update(_resolved)
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/jobs.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/tables.smk"

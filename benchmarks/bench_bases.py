@@ -9,7 +9,7 @@ interleaved (see bench_engine.py), with the acceptance check: srht and
 fastfood at least 25x faster than naive Gaussian.
 
 With --forward it also compares RBD's coordinates by forward-mode
-differentiation (``coordinates="forward"``: d jvps, no backward pass) with
+differentiation (``derivatives="forward"``: d jvps, no backward pass) with
 the default (one forward and backward pass, then c = Phi g): ms per full
 training step (loss, gradient or jvps, update) and the peak resident memory
 the step adds (fresh subprocess each, VmHWM).

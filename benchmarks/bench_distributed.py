@@ -35,17 +35,17 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rbd.optim.distributed import DistributedRBD, Group  # noqa: E402
+from rbd.optim.distributed import DistributedRBD, Workers  # noqa: E402
 from rbd.train.models import build_model  # noqa: E402
 
 BATCH = 32
 MODES = ("worker", "shared", "split")
 
 
-def _run(group: Group, bases: str, dim: int, steps: int, warmup: int = 3) -> dict:
+def _run(group: Workers, bases: str, dim: int, steps: int, warmup: int = 3) -> dict:
     torch.manual_seed(0)
     model = build_model("fc", (1, 28, 28))
-    opt = DistributedRBD(model.parameters(), group, bases=bases, lr=0.1, dim=dim, seed=0)
+    opt = DistributedRBD(model.parameters(), group, sharing=bases, lr=0.1, dim=dim, seed=0)
     gen = torch.Generator().manual_seed(group.rank)
     x = torch.rand(BATCH, 1, 28, 28, generator=gen)
     y = torch.randint(0, 10, (BATCH,), generator=gen)
@@ -64,7 +64,7 @@ def _run(group: Group, bases: str, dim: int, steps: int, warmup: int = 3) -> dic
     row = {k: v / steps for k, v in totals.items()}
     row["compute_s"] = row["step_s"] - row["comm_s"] - row["regen_s"]
     D = sum(p.numel() for p in model.parameters())
-    row |= {"bases": bases, "workers": group.size, "bytes_per_step": opt.bytes_per_step,
+    row |= {"sharing": bases, "workers": group.size, "bytes_per_step": opt.bytes_per_step,
             "sgd_bytes_per_step": 4 * D, "num_params": D, "dim": dim}  # fmt: skip
     return row
 
@@ -91,7 +91,7 @@ def _worker(rank: int, store: str, dim: int, steps: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
-        group = Group(rank, 2, torch.device("cpu"))
+        group = Workers(rank, 2, torch.device("cpu"))
         rows = [_run(group, bases, dim, steps) for bases in MODES]
         coll = _collectives(dim, rows[0]["num_params"])
         if rank == 0:
@@ -109,7 +109,7 @@ def main() -> int:
     args = parser.parse_args()
 
     torch.set_num_threads(1)
-    one = _run(Group(0, 1, torch.device("cpu")), "worker", args.dim, args.steps)
+    one = _run(Workers(0, 1, torch.device("cpu")), "worker", args.dim, args.steps)
     tmp = tempfile.mkdtemp(prefix="rbd-bench-")
     try:
         result = os.path.join(tmp, "result.json")
@@ -133,7 +133,8 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['workers']} | {r['bases']} | {1e3 * r['step_s']:.1f} | {1e3 * r['fb_s']:.1f} | "
+            f"| {r['workers']} | {r['sharing']} | {1e3 * r['step_s']:.1f} | "
+            f"{1e3 * r['fb_s']:.1f} | "
             f"{1e3 * r['compute_s']:.1f} | {1e3 * r['regen_s']:.1f} | {1e3 * r['comm_s']:.2f} | "
             f"{r['workers'] * BATCH / r['step_s']:.0f} | {r['bytes_per_step']:,} | "
             f"{r['sgd_bytes_per_step']:,} |"

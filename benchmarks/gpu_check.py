@@ -15,7 +15,7 @@ report says why) or SKIPPED (``--sections`` left it out):
    (three structured blocks): dense rows must be the same bits, structured rows equal to
    float rounding; then ``project`` (coordinates and update) to float rounding, and
    ``expand`` of the device's coordinates bit for bit equal to its update
-   (docs/CONTRACTS.md; the rules are in rbd/bases/device_check.py).
+   (docs/CONTRACTS.md; the rules are in benchmarks/device_check.py).
 3. ``timing``: one optimiser step (``opt.step()``, the gradient given) and one whole
    training step (forward, backward, step; NES: its d + 1 forward passes) of RBD with each
    distribution, FPD, NES and SGD on fc and cnn (MNIST's 28x28x1) and resnet8 (CIFAR-10's
@@ -75,11 +75,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's rbd, whatever else is installed
+sys.path.insert(0, str(ROOT / "benchmarks"))  # device_check, beside this script
+
+import device_check  # noqa: E402
 
 from rbd.bases import (  # noqa: E402
     DISTRIBUTIONS,
     STRUCTURED,
-    device_check,  # noqa: E402
     padded_size,
     step_seeds,
 )

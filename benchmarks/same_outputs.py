@@ -50,7 +50,7 @@ CASES = {
     "rbd-srht": RBD | {"distribution": "srht"},
     "rbd-fastfood": RBD | {"distribution": "fastfood"},
     "rbd-unnormalized-torch-init": RBD | {"normalize": False, "init": "torch", "lr": 0.5},
-    "rbd-forward": RBD | {"coordinates": "forward"},
+    "rbd-forward": RBD | {"derivatives": "forward"},
     "rbd-layer": RBD | {"compartments": "layer"},
     "rbd-chunk": RBD | {"compartments": "chunk:30000"},
     "rbd-compression": RBD | {"compartments": "compression:2000", "even_dims": True,
@@ -65,14 +65,20 @@ CASES = {
                               "nes_batches": "shared", "nes_normalize": True},
     "rbd-1-worker": RBD | {"workers": 1},
     "rbd-2-workers": RBD | {"workers": 2},
-    "rbd-2-workers-shared-mean": RBD | {"workers": 2, "bases": "shared", "combine": "mean"},
-    "rbd-2-workers-split": RBD | {"workers": 2, "bases": "split"},
+    "rbd-2-workers-shared-mean": RBD | {"workers": 2, "sharing": "shared", "combine": "mean"},
+    "rbd-2-workers-split": RBD | {"workers": 2, "sharing": "split"},
 }  # fmt: skip
 # Runs killed mid-epoch (KeyboardInterrupt from inside a step: the second epoch's third
 # minibatch, NES's second update of that epoch) and resumed in the same directory.
 KILLED = {"rbd-gaussian": 9, "rbd-layer": 9, "rbd-sgd-first": 9, "fpd-offset": 9, "nes": 5,
           "rbd-forward": 9}  # fmt: skip
 RUN_JSON_VOLATILE = ("finished", "seconds", "versions")
+# What a recording made before a declared change of names or formats calls by another name
+# (issue 36: one word per idea; the checkpoint's format 2), applied to the older side.
+RENAMED = {"bases": "sharing", "coordinates": "derivatives", "epoch_acc": "epoch_totals"}
+# Settings added since, compared only where the older side has them: the newer side must
+# hold them at these values (their defaults), so that the runs are the same runs.
+ADDED = {"update_rule": "'sgd'", "beta2": "0.999", "l2": "0.0", "format": "2"}
 
 # Runs in a child process whose `rbd` is the tree's (PYTHONPATH first): trains one case,
 # killed at step `at` and resumed when at > 0, then prints its record as JSON.
@@ -82,26 +88,16 @@ from pathlib import Path
 import torch
 settings, out, at, resume_from = json.loads(sys.argv[1])
 out = Path(out)
-import rbd
-try:  # this layout (issue 26) or the flat one before it
-    import rbd.train.steps as steps
-    from rbd.train.loop import EPOCH_TIME_COLUMNS as EPOCH_TIME
-    from rbd.optim.distributed import STEP_TIME_COLUMNS as STEP_TIME
-    names = {"step": "train_step", "nes": "nes_offspring_step"}
-except ImportError:
-    import rbd.train as steps
-    from rbd.train import TIMING_COLUMNS as EPOCH_TIME
-    from rbd.distributed import TIMING_COLUMNS as STEP_TIME
-    names = {"step": "_train_step", "nes": "_nes_offspring_step"}
+import rbd.train.steps as steps
+from rbd.optim.distributed import STEP_TIME_COLUMNS as STEP_TIME
 from rbd.train import TrainConfig, train
+from rbd.train.loop import EPOCH_TIME_COLUMNS as EPOCH_TIME
 
+names = {"step": "train_step", "nes": "nes_offspring_step"}
 cfg = TrainConfig(**settings)
 run = train
 if cfg.workers is not None:
-    try:
-        from rbd.train.launch import launch as run
-    except ImportError:
-        from rbd.launch import launch as run
+    from rbd.train.launch import launch as run
 
 
 # Wall times a checkpoint holds (the elapsed time, an epoch's seconds so far).
@@ -188,8 +184,39 @@ def record(tree: Path, out: Path, resume_from: Path | None, cases: list[str]) ->
     return 1 if failed else 0
 
 
+def _flat(value, path: str, into: dict) -> dict:
+    """Every leaf of a recording by its path, the older names renamed (RENAMED)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            parts = k.split("/")
+            k = "/".join(RENAMED.get(p, p) for p in parts)
+            _flat(v, f"{path}/{RENAMED.get(k, k)}", into)
+    else:
+        into[path] = value
+    return into
+
+
+def _differences(ra: dict, rb: dict) -> list[str]:
+    """The paths where b differs from a: a leaf only b has is a difference unless it is an
+    ADDED setting at its default (checkpoints hold settings as repr strings, run.json as
+    JSON values: either form is accepted)."""
+    fa, fb = _flat(ra, "", {}), _flat(rb, "", {})
+    diffs = []
+    for path in sorted(set(fa) | set(fb)):
+        if path in fa and path in fb:
+            if fa[path] != fb[path]:
+                diffs.append(path)
+            continue
+        name = path.rsplit("/", 1)[1]
+        added = path in fb and name in ADDED
+        if not added or ADDED[name] not in (repr(fb[path]), str(fb[path])):
+            diffs.append(path)
+    return diffs
+
+
 def compare(a: Path, b: Path) -> int:
-    """One line per run; 1 when any run differs or is missing on one side."""
+    """One line per run; 1 when any run differs or is missing on one side. ``a`` is the
+    older recording: its names are renamed (RENAMED) before the comparison."""
     names = sorted({p.stem for p in a.glob("*.json")} | {p.stem for p in b.glob("*.json")})
     bad = 0
     for name in names:
@@ -198,9 +225,8 @@ def compare(a: Path, b: Path) -> int:
             print(f"{name}: only in {a if pa.exists() else b}")
             bad += 1
             continue
-        ra, rb = json.loads(pa.read_text()), json.loads(pb.read_text())
-        diffs = [k for k in sorted(set(ra) | set(rb)) if ra.get(k) != rb.get(k)]
-        print(f"{name}: " + ("identical" if not diffs else "DIFFERS in " + ", ".join(diffs)))
+        diffs = _differences(json.loads(pa.read_text()), json.loads(pb.read_text()))
+        print(f"{name}: " + ("identical" if not diffs else "DIFFERS in " + ", ".join(diffs[:8])))
         bad += bool(diffs)
     print(f"{len(names) - bad} of {len(names)} runs identical")
     return 1 if bad or not names else 0

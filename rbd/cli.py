@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from rbd import BASES_VERSION
+from rbd.spec import BASES_VERSION
 
 
 def _int_at_least(minimum: int):
@@ -37,7 +37,8 @@ _non_negative_int = _int_at_least(0)
 
 
 def _learning_rate(text: str) -> float:
-    from rbd.workflow.config import ConfigError, parse_lr
+    from rbd.spec import ConfigError
+    from rbd.workflow.config import parse_lr
 
     try:
         return parse_lr(float(text) if _is_number(text) else text)
@@ -68,163 +69,59 @@ DOWNLOAD_HELP = "fetch a data set into the data directory (needs internet, unles
 
 
 def _add_train_parser(sub) -> None:
-    # The data sets first: without the train extra, the missing numpy fails here, in one
-    # line, before torch is imported (and warns that numpy is missing).
-    from rbd.train.data import DATASETS
+    """`rbd train`: one flag per field of rbd.spec's TrainConfig, named, typed, described and
+    defaulted by the field's metadata (`rbd.spec.run.setting`), plus --out."""
+    import dataclasses
 
-    # isort: split
-    from rbd.bases import DISTRIBUTIONS
-    from rbd.optim import COMPARTMENT_SCALES, COORDINATES, METHODS
-    from rbd.optim.distributed import BASES, COMBINE
-    from rbd.optim.update_rules import UPDATE_RULES
-    from rbd.train.models import INITS, MODELS
-    from rbd.train.settings import NES_BATCHES
+    # The train extra first: without it, the missing numpy fails here, in one line, before
+    # torch is imported (and warns that numpy is missing).
+    import rbd.train.data  # noqa: F401
+    from rbd.spec import TrainConfig
 
     p = sub.add_parser("train", help=TRAIN_HELP)
-    p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--model", required=True, choices=MODELS)
-    p.add_argument("--dataset", required=True, choices=DATASETS)
-    p.add_argument("--dim", type=_non_negative_int, default=250, help="subspace dimension d")
-    p.add_argument(
-        "--distribution",
-        "--dist",
-        default="gaussian",
-        choices=DISTRIBUTIONS + ("none",),
-        help="direction distribution",
-    )
-    p.add_argument("--seed", type=_non_negative_int, default=0)
-    p.add_argument("--epochs", type=_positive_int, default=5)
-    p.add_argument("--lr", type=_learning_rate, required=True, help="a number or 2^k")
-    p.add_argument("--batch-size", type=_positive_int)
-    p.add_argument("--compartments", help="none, layer, chunk:<n> or compression:<f>")
-    p.add_argument(
-        "--normalize",
-        action=argparse.BooleanOptionalAction,
-        help="divide directions by sqrt(D) (else the update by d)",
-    )
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction)
-    p.add_argument("--switch", help="none, sgd_first:<epoch> or sgd_last:<epoch>")
-    p.add_argument(
-        "--sgd-lr",
-        type=_learning_rate,
-        help="learning rate of the SGD phase when switching",
-    )
-    p.add_argument("--nes-sigma", type=_positive_float)
-    p.add_argument(
-        "--nes-batches",
-        choices=NES_BATCHES,
-        help="NES: each offspring on its own minibatch (the authors') or all on one",
-    )
-    p.add_argument(
-        "--nes-normalize",
-        action=argparse.BooleanOptionalAction,
-        help="NES: divide the update (not the perturbations) by sqrt(D), as the authors",
-    )
-    p.add_argument(
-        "--compartment-scale",
-        choices=COMPARTMENT_SCALES,
-        help="compartments: directions / sqrt(n_k) of each, or / sqrt(D) (network, the authors')",
-    )
-    p.add_argument(
-        "--fpd-offset",
-        action=argparse.BooleanOptionalAction,
-        help="FPD: gradient at theta + Phi^T c_prev, as the authors' FPD (models/rbd.py)",
-    )
-    p.add_argument(
-        "--update-rule",
-        choices=UPDATE_RULES,
-        help="RBD, FPD: the coordinates' update rule; SGD: SGD, momentum SGD or Adam",
-    )
-    p.add_argument("--beta2", type=float, help="Adam's second-moment decay")
-    p.add_argument(
-        "--l2",
-        type=float,
-        help="add l2 * (sum of squared kernel weights) to the loss, as Keras's l2()",
-    )
-    p.add_argument(
-        "--even-dims",
-        action=argparse.BooleanOptionalAction,
-        help="compression:<f>: round each d_k up to an even number (the authors')",
-    )
-    p.add_argument(
-        "--init",
-        choices=INITS,
-        help="initial weights: glorot (Keras, as the authors) or torch (PyTorch defaults)",
-    )
-    p.add_argument(
-        "--bases-version",
-        type=_positive_int,
-        help=f"how directions are drawn from seeds; this rbd draws version {BASES_VERSION}",
-    )
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        if not meta["flag"]:
+            continue
+        names = ["--" + f.name.replace("_", "-")]
+        if f.name == "distribution":
+            names.append("--dist")
+        options: dict = {"help": meta["help"]}
+        if f.default is dataclasses.MISSING:
+            if meta["cli_default"] is None:
+                options["required"] = True
+            else:
+                options["default"] = meta["cli_default"]
+        else:
+            options["default"] = f.default
+        if isinstance(f.default, bool):
+            options["action"] = argparse.BooleanOptionalAction
+        elif meta["choices"] is not None:
+            options["choices"] = meta["choices"]
+        elif meta["kind"] is not None:
+            options["type"] = _FLAG_TYPES[meta["kind"]]
+        p.add_argument(*names, **options)
     p.add_argument("--out", required=True, type=Path, help="run directory")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a run directory that holds a run with other settings",
-    )
-    p.add_argument("--data-dir", help="data root (default: $RBD_DATA_DIR)")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=_positive_int)
-    p.add_argument("--checkpoint-minutes", type=_positive_float)
-    p.add_argument("--divergence-loss", type=_positive_float)
-    p.add_argument(
-        "--train-limit",
-        type=_positive_int,
-        help="use only the first N training images (smoke tests)",
-    )
-    p.add_argument(
-        "--workers",
-        type=_positive_int,
-        help="distributed RBD with W workers (torchrun's processes, else W spawned here)",
-    )
-    p.add_argument(
-        "--bases",
-        choices=BASES,
-        help="distributed: own bases per worker, one shared set, or d split across workers",
-    )
-    p.add_argument(
-        "--combine",
-        choices=COMBINE,
-        help="distributed: sum (the authors') or mean of the workers' updates",
-    )
-    p.add_argument(
-        "--coordinates",
-        choices=COORDINATES,
-        help="RBD: coordinates from the gradient (backward) or by d forward-mode jvps",
-    )
-    # Every flag that is a TrainConfig field defaults to that field's default: one source.
-    p.set_defaults(**train_defaults(p))
     p.set_defaults(func=_cmd_train)
 
 
-def train_defaults(parser: argparse.ArgumentParser) -> dict:
-    """Defaults of the train flags that are TrainConfig fields, taken from TrainConfig."""
-    import dataclasses
-
-    from rbd.train.settings import TrainConfig
-
-    dests = {action.dest for action in parser._actions}
-    return {
-        f.name: f.default
-        for f in dataclasses.fields(TrainConfig)
-        if f.name in dests and f.default is not dataclasses.MISSING
-    }
+_FLAG_TYPES = {
+    "positive_int": _positive_int,
+    "non_negative_int": _non_negative_int,
+    "positive_float": _positive_float,
+    "float": float,
+    "lr": _learning_rate,
+}
 
 
 def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
-    import re
+    """The TrainConfig the flags give, or one line naming the flag that cannot work."""
+    from rbd.spec import NO_DISTRIBUTION, TrainConfig
+    from rbd.train.settings import check_settings
 
-    from rbd.train.runs import COMPARTMENTS_PATTERN, SWITCH_PATTERN, run_problems
-    from rbd.train.settings import DEVICE_PATTERN, TrainConfig
-
-    formats = {"compartments": COMPARTMENTS_PATTERN, "switch": SWITCH_PATTERN,
-               "device": DEVICE_PATTERN}  # fmt: skip
-    for name, pattern in formats.items():
-        if not re.fullmatch(pattern, value := getattr(args, name)):
-            parser.error(f"argument --{name}: invalid value {value!r} (expected {pattern})")
     if args.method != "sgd" and args.dim < 1:
         parser.error(f"argument --dim: must be a positive integer for --method {args.method}")
-    if args.method != "sgd" and args.distribution == "none":
+    if args.method != "sgd" and args.distribution == NO_DISTRIBUTION:
         parser.error(f"argument --distribution: choose a distribution for --method {args.method}")
     if args.bases_version != BASES_VERSION:
         parser.error(
@@ -234,20 +131,18 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
         )
     values = {k: v for k, v in vars(args).items() if k not in ("func", "command", "out", "verbose")}
     cfg = TrainConfig(**values)
-    for setting, why in run_problems(cfg.spec):
+    try:
+        check_settings(cfg)
+    except ValueError as err:
+        setting, _, why = str(err).partition(": ")
         parser.error(f"argument --{setting.replace('_', '-')}: {why}")
     return cfg
 
 
 def _cmd_train(args, parser) -> int:
     from rbd.train.loop import train
-    from rbd.train.settings import check_settings
 
     cfg = _train_config(args, parser)
-    try:
-        check_settings(cfg)
-    except ValueError as err:
-        parser.error(str(err))
     if cfg.workers is not None:
         from rbd.train.launch import launch
 
@@ -260,7 +155,7 @@ def _cmd_train(args, parser) -> int:
 
 
 def _add_download_parser(sub) -> None:
-    from rbd.train.data import DATASETS
+    from rbd.spec import DATASETS
 
     p = sub.add_parser("download", help=DOWNLOAD_HELP)
     p.add_argument("--dataset", required=True, choices=DATASETS)
@@ -324,7 +219,7 @@ def _add_aggregate_parser(sub) -> None:
 def _cmd_aggregate(args, parser) -> int:
     from rbd.report.kinds import KINDS
     from rbd.report.tables import experiment_table
-    from rbd.train.io import write_text
+    from rbd.spec.io import write_text
 
     if args.kind not in KINDS:
         parser.error(
@@ -337,11 +232,11 @@ def _cmd_aggregate(args, parser) -> int:
 
 
 def _add_render_parser(sub) -> None:
-    from rbd.report.kinds import FIGURE_TABLE_KINDS, TABLE_KINDS
+    from rbd.report.kinds import TABLE_KINDS
 
     p = sub.add_parser("render", help="render an aggregated table as PDF, Markdown and LaTeX")
     p.add_argument("--experiment", required=True)
-    p.add_argument("--kind", default="method_table", choices=TABLE_KINDS + FIGURE_TABLE_KINDS)
+    p.add_argument("--kind", default="method_table", choices=TABLE_KINDS)
     p.add_argument("--description", default=None, help="what was run (the caption)")
     p.add_argument("--csv", required=True, type=Path)
     p.add_argument("--pdf", type=Path)
@@ -369,11 +264,11 @@ def _cmd_render(args, parser) -> int:
 
 
 def _add_plot_parser(sub) -> None:
-    from rbd.report.kinds import FIGURE_KINDS
+    from rbd.report.kinds import KINDS
 
     p = sub.add_parser("plot", help="draw an experiment's figure (PDF) from its tidy CSV")
     p.add_argument("--experiment", required=True)
-    p.add_argument("--kind", required=True, choices=FIGURE_KINDS)
+    p.add_argument("--kind", required=True, choices=tuple(KINDS))
     p.add_argument("--description", default=None, help="what was run (the title)")
     p.add_argument("--csv", required=True, type=Path)
     p.add_argument("--pdf", required=True, type=Path)
@@ -383,11 +278,17 @@ def _add_plot_parser(sub) -> None:
 def _cmd_plot(args, parser) -> int:
     import pandas as pd
 
+    from rbd.report.kinds import KINDS
     from rbd.report.plots import plot
     from rbd.report.style import save_pdf
+    from rbd.report.tables import table_figure
 
     data = pd.read_csv(args.csv, keep_default_na=False, na_values=[""])
-    save_pdf(plot(args.kind, data, args.description or args.experiment), args.pdf)
+    if KINDS[args.kind].figure == "table":
+        figure = table_figure(data, args.experiment, kind=args.kind, description=args.description)
+    else:
+        figure = plot(args.kind, data, args.description or args.experiment)
+    save_pdf(figure, args.pdf)
     print(f"{args.experiment}: {args.pdf}")
     return 0
 
@@ -447,7 +348,7 @@ def _cmd_pick_lr(args, parser) -> int:
     import pandas as pd
 
     from rbd.report.rates import best_learning_rates, lr_snippet
-    from rbd.train.io import write_text
+    from rbd.spec.io import write_text
 
     runs = pd.read_csv(args.csv, keep_default_na=False, na_values=[""])
     epochs = sorted(set(runs["epochs"])) if "epochs" in runs else []
@@ -552,15 +453,11 @@ def _command(argv: list[str]) -> str | None:
 
 
 def _is_user_error(err: Exception) -> bool:
-    """A bad run directory or data set: one line that says what to fix, no traceback. The
-    data errors live in rbd.train.data (which imports torch); a command that never imported it
-    cannot have raised one."""
-    from rbd.train.runs import RunDirectoryError
+    """A bad run directory, data set or configuration: one line that says what to fix, no
+    traceback (rbd.spec.UserError and its kinds)."""
+    from rbd.spec import UserError
 
-    data = sys.modules.get("rbd.train.data")
-    return isinstance(err, RunDirectoryError) or (
-        data is not None and isinstance(err, data.RbdDataError)
-    )
+    return isinstance(err, UserError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,8 +16,8 @@ from torch import nn
 
 from rbd.bases import direction_seed, generate_directions, step_seeds
 from rbd.optim import FPD, NES, RBD, compartment_ranges
+from rbd.spec import TrainConfig
 from rbd.train.loop import train
-from rbd.train.settings import TrainConfig
 from rbd.workflow.config import expand_experiment, learning_rate, parse_lr
 
 PAPER = yaml.safe_load(open("config/config.yaml"))

@@ -60,7 +60,7 @@ BAD_CONFIGS = [
     ("bad device", ("device",), "tpu", "device"),
     ("no seeds", ("defaults", "seeds"), [], "defaults.seeds"),
     ("zero workers", (*T1, "workers"), [0], "experiments.table1.workers.0"),
-    ("unknown bases", (*T1, "bases"), ["own"], "experiments.table1.bases.0"),
+    ("unknown sharing", (*T1, "sharing"), ["own"], "experiments.table1.sharing.0"),
     ("unknown combine", (*T1, "combine"), "max", "experiments.table1.combine"),
     ("workers for NES", (*T1, "workers"), [2], "experiments.table1.workers"),
     # `$` alone matches before a trailing newline: every pattern must end at the end
@@ -281,9 +281,9 @@ def test_equal_runs_of_two_experiments_have_one_key():
 
 
 def test_dim_may_reach_but_not_pass_the_built_models_size():
+    from rbd.spec import RunSpec, run_problems
     from rbd.train.data import INPUT_SHAPES
     from rbd.train.models import MODELS, build_model, count_params
-    from rbd.train.runs import RunSpec, run_problems
 
     for model in MODELS:
         for dataset, shape in INPUT_SHAPES.items():
@@ -296,7 +296,7 @@ def test_dim_may_reach_but_not_pass_the_built_models_size():
 
 def test_workers_expand_into_distributed_rbd_runs_only():
     runs = expand_experiment(QUICK, "fig_scaling")
-    assert sorted((r.workers, r.bases, r.combine) for r in runs) == [
+    assert sorted((r.workers, r.sharing, r.combine) for r in runs) == [
         (1, "split", "sum"), (1, "worker", "sum"), (2, "split", "sum"), (2, "worker", "sum")
     ]  # fmt: skip
     lr = parse_lr(QUICK["learning_rates"]["rbd"]["fc-mnist5k"])
@@ -309,8 +309,8 @@ def test_workers_expand_into_distributed_rbd_runs_only():
     config = copy.deepcopy(QUICK)
     config["experiments"]["fig_scaling"]["methods"] = ["rbd", "sgd"]
     sgd = [r for r in expand_experiment(config, "fig_scaling") if r.method == "sgd"]
-    assert [(r.workers, r.bases, r.combine) for r in sgd] == [(None, "worker", "sum")]
-    config["experiments"]["table1"] |= {"bases": ["split"], "combine": "mean"}
+    assert [(r.workers, r.sharing, r.combine) for r in sgd] == [(None, "worker", "sum")]
+    config["experiments"]["table1"] |= {"sharing": ["split"], "combine": "mean"}
     assert {r.key for r in expand_experiment(config, "table1")} == {
         r.key for r in expand_experiment(QUICK, "table1")
     }
@@ -320,33 +320,47 @@ def _schema() -> dict:
     return yaml.safe_load(SCHEMA.read_text())
 
 
-def test_the_schemas_choices_are_the_constants_the_code_checks():
-    """The schema and the CLI list the same choices; the CLI takes them from the constants."""
-    from rbd.bases import DISTRIBUTIONS
-    from rbd.optim import COMPARTMENT_SCALES, METHODS
-    from rbd.optim.distributed import BASES, COMBINE
-    from rbd.train.data import DATASETS
-    from rbd.train.models import INITS, MODELS
-    from rbd.train.runs import COMPARTMENTS_PATTERN, SWITCH_PATTERN
-    from rbd.train.settings import DEVICE_PATTERN, NES_BATCHES
+def test_the_schema_holds_every_setting_of_rbd_spec_with_its_choices():
+    """The contract between the schema and rbd.spec: every setting an experiment may give
+    (rbd.spec's grid and scalar keys) is an experiment key of the schema, and every scalar
+    one a key of `defaults` too (combine aside: it only exists with workers); every field
+    with choices or a pattern has the same enum or the anchored pattern."""
+    import dataclasses
+
+    from rbd.spec import DEVICE_PATTERN, RunSpec
+    from rbd.spec.run import grid_keys, scalar_keys
 
     schema = _schema()
     defs, experiment = schema["$defs"], schema["properties"]["experiments"]
     experiment = experiment["additionalProperties"]["properties"]
-    enums = {
-        "model": MODELS, "dataset": DATASETS, "method": METHODS,
-        "distribution": DISTRIBUTIONS, "nes_batches": NES_BATCHES, "init": INITS,
-        "compartment_scale": COMPARTMENT_SCALES,
-    }  # fmt: skip
-    for name, constant in enums.items():
-        assert defs[name]["enum"] == list(constant), name
-    assert experiment["bases"]["items"]["enum"] == list(BASES)
-    assert experiment["combine"]["enum"] == list(COMBINE)
-    # The schema anchors the code's pattern (and refuses a trailing newline).
-    anchored = {"compartments": COMPARTMENTS_PATTERN, "switch": SWITCH_PATTERN}
-    for name, pattern in anchored.items():
-        assert defs[name]["pattern"] == f"^({pattern})$(?!\\n)", name
+    defaults = schema["properties"]["defaults"]["properties"]
+    assert set(grid_keys()) <= set(experiment)
+    assert set(scalar_keys()) <= set(experiment)
+    assert set(scalar_keys()) - {"combine"} <= set(defaults)
+
+    def resolved(prop):
+        """The schema of one value: references followed, a list's items, and of a value
+        that may also be given per method (oneOf), the plain form."""
+        prop = defs[prop["$ref"].rsplit("/", 1)[1]] if "$ref" in prop else prop
+        if "oneOf" in prop:
+            return resolved(prop["oneOf"][0])
+        return resolved(prop["items"]) if prop.get("type") == "array" else prop
+
+    config_key = {field: key for key, field in grid_keys().items()}
+    for f in dataclasses.fields(RunSpec):
+        key = config_key.get(f.name, f.name)
+        prop = experiment.get(key) or defs.get(f.name)
+        if f.metadata["choices"] is not None:
+            allowed = list(f.metadata["choices"])
+            if f.name == "distribution":  # SGD's "none" is the expansion's, not the config's
+                allowed.remove("none")
+            assert resolved(prop)["enum"] == allowed, f.name
+        if f.metadata["pattern"] is not None:
+            assert resolved(prop)["pattern"] == f"^({f.metadata['pattern']})$(?!\\n)", f.name
     assert schema["properties"]["device"]["pattern"] == f"^({DEVICE_PATTERN})$(?!\\n)"
+    from rbd.report.kinds import KINDS
+
+    assert experiment["kind"]["enum"] == list(KINDS)
 
 
 def test_left_out_keys_take_the_schemas_defaults_and_the_cli_agrees():

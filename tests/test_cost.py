@@ -8,8 +8,8 @@ import shlex
 import pytest
 from test_workflow import _train_resources, snakemake
 
-from rbd.train.runs import RunSpec
-from rbd.train.sizes import NUM_PARAMS
+from rbd.spec import RunSpec
+from rbd.spec.facts import MODEL_FACTS
 from rbd.workflow.cost import OVERHEAD_MIN, runtime_minutes
 
 
@@ -20,11 +20,13 @@ def spec(**changes):
 
 
 def test_parameter_counts_are_the_models():
-    from rbd.train.models import build_model, count_params
+    from rbd.train.models import _BUILDERS, build_model, count_params
 
-    for (model, shape), d in NUM_PARAMS.items():
-        size = tuple(int(v) for v in shape.split("x"))
-        assert count_params(build_model(model, size)) == d, (model, shape)
+    assert set(MODEL_FACTS) == set(_BUILDERS)  # every model has its facts, and only those
+    for model, facts in MODEL_FACTS.items():
+        for shape, d in facts.num_params.items():
+            size = tuple(int(v) for v in shape.split("x"))
+            assert count_params(build_model(model, size)) == d, (model, shape)
 
 
 def test_estimate_grows_with_d_epochs_and_shrinks_on_a_gpu():

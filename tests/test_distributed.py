@@ -21,11 +21,12 @@ from conftest import run_rbd
 import rbd.train.steps as steps_module
 from rbd.bases import expand, project, step_seeds
 from rbd.optim import build_optimizer
-from rbd.optim.distributed import STEP_TIME_COLUMNS, DistributedRBD, Group
+from rbd.optim.distributed import STEP_TIME_COLUMNS, DistributedRBD, Workers
+from rbd.spec import TrainConfig
 from rbd.train.launch import launch
 from rbd.train.loop import EPOCH_TIME_COLUMNS, train
 from rbd.train.models import build_model
-from rbd.train.settings import TrainConfig
+from rbd.train.workers import check_identical, shard
 
 WORKERS, DIM, LR, SEED, STEPS, BATCH = 2, 40, 4.0, 5, 3, 16
 MODES = (("worker", "sum"), ("split", "sum"), ("shared", "mean"))
@@ -66,20 +67,20 @@ def _steps_worker(rank: int, store: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORKERS)
     try:
-        group = Group(rank, WORKERS, torch.device("cpu"))
+        group = Workers(rank, WORKERS, torch.device("cpu"))
         x, y = _data()
         results = {}
         for bases, combine in MODES:
             model = _model()
             opt = DistributedRBD(
-                model.parameters(), group, bases=bases, combine=combine, lr=LR, dim=DIM, seed=SEED
+                model.parameters(), group, sharing=bases, combine=combine, lr=LR, dim=DIM, seed=SEED
             )
             for t in range(STEPS):
-                idx = group.shard(torch.arange(t * WORKERS * BATCH, (t + 1) * WORKERS * BATCH))
+                idx = shard(group, torch.arange(t * WORKERS * BATCH, (t + 1) * WORKERS * BATCH))
                 opt.zero_grad()
                 F.cross_entropy(model(x[idx]), y[idx]).backward()
                 opt.step()
-            group.check_identical(model, STEPS)
+            check_identical(group, model, STEPS)
             results[bases] = (_flat(model), opt.bytes_per_step)
         if rank == 0:
             torch.save(results, out)
@@ -144,7 +145,7 @@ def test_two_gloo_workers_match_one_process_simulating_both(tmp_path):
 
 
 def test_one_worker_is_plain_rbd():
-    group = Group(0, 1, torch.device("cpu"))
+    group = Workers(0, 1, torch.device("cpu"))
     x, y = _data()
     a, b = _model(), _model()
     opt_a = DistributedRBD(a.parameters(), group, lr=LR, dim=DIM, seed=SEED)
@@ -203,7 +204,7 @@ def _interrupted(rank: int, cfg: TrainConfig, out: str, store: str) -> None:
     steps_module.train_step = step
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
-        train(cfg, out, group=Group(rank, 2, torch.device("cpu")))
+        train(cfg, out, workers=Workers(rank, 2, torch.device("cpu")))
     finally:
         dist.destroy_process_group()
 
@@ -237,7 +238,7 @@ def test_two_workers_resume_mid_epoch_to_the_same_metrics(tmp_path):
 LAUNCH_AFTER_OPENMP = """
 import sys, torch
 from rbd.train.launch import launch
-from rbd.train.settings import TrainConfig
+from rbd.spec import TrainConfig
 torch.set_num_threads(2)
 torch.ones(512, 512) @ torch.ones(512, 512)  # the parent's OpenMP threads exist
 cfg = TrainConfig(method="rbd", model="fc", dataset="mnist5k", dim=10, distribution="gaussian",

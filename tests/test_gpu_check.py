@@ -14,12 +14,13 @@ import pytest
 import torch
 from conftest import ROOT
 
-from rbd.bases import DENSE, DISTRIBUTIONS, device_check
+from rbd.bases import DENSE, DISTRIBUTIONS
 
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 _spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
 gpu_check = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gpu_check)
+device_check = gpu_check.device_check
 
 TINY = ["--device", "cpu", "--sizes", "97,3001", "--rows", "24", "--product-dim", "12",
         "--models", "fc", "--dims", "10", "--steps", "1", "--warmup", "1"]  # fmt: skip

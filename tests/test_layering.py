@@ -14,9 +14,13 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rbd"
 
-# Bottom to top. `rbd` itself (version constants, the moved-module aliases) is below all.
-LAYERS = ("rbd", "rbd.bases", "rbd.optim", "rbd.train", "rbd.report", "rbd.workflow", "top")
+# Bottom to top. `rbd` itself (the version) is below all; rbd.spec holds what every layer
+# needs to know of a run, with the standard library only.
+LAYERS = (
+    "rbd", "rbd.spec", "rbd.bases", "rbd.optim", "rbd.train", "rbd.report", "rbd.workflow", "top",
+)  # fmt: skip
 TOP = ("rbd.cli", "rbd.warm", "rbd.__main__")
+STANDARD_LIBRARY_ONLY = ("rbd.spec",)
 TORCH_ONLY = ("rbd.bases", "rbd.optim")
 NO_TORCH = ("rbd.report", "rbd.workflow")
 
@@ -92,6 +96,13 @@ def test_no_import_goes_up_a_layer(module):
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith(TORCH_ONLY)))
 def test_torch_only_layers_import_only_torch_and_the_standard_library(module):
     assert _third_party(imports(module)) <= {"torch"}, module
+
+
+@pytest.mark.parametrize(
+    "module", sorted(m for m in MODULES if m.startswith(STANDARD_LIBRARY_ONLY))
+)
+def test_the_spec_imports_only_the_standard_library(module):
+    assert _third_party(imports(module)) == set(), module
 
 
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith(NO_TORCH)))

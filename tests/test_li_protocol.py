@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from rbd.bases import generate_directions, step_seeds
 from rbd.optim import FPD, RBD, build_optimizer
+from rbd.spec import RunSpec, parse_run_key, run_problems
 from rbd.train.models import build_model, count_params
-from rbd.train.runs import RunSpec, parse_run_key, run_problems
 from rbd.train.steps import l2_penalty
 
 

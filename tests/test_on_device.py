@@ -29,8 +29,8 @@ from rbd.bases import (
     step_seeds,
 )
 from rbd.optim import build_optimizer
+from rbd.spec import TrainConfig
 from rbd.train.loop import train
-from rbd.train.settings import TrainConfig
 
 # Run seeds, and a step, whose directions are drawn: three seeds' worth of rows.
 RUN_SEEDS = (0, 1, 12_345)

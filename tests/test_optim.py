@@ -418,7 +418,7 @@ def test_forward_mode_coordinates_equal_backward_then_project(
     kwargs = dict(lr=0.3, dim=9, distribution=distribution, seed=2, normalize=normalize,
                   compartments=compartments, chunk_size=4)  # fmt: skip
     backward = RBD(models[0].parameters(), **kwargs)
-    forward = RBD(models[1].parameters(), coordinates="forward", **kwargs)
+    forward = RBD(models[1].parameters(), derivatives="forward", **kwargs)
     for step in range(3):
         x, y = batch(step)
         backward.zero_grad()
@@ -433,7 +433,7 @@ def test_forward_mode_coordinates_equal_backward_then_project(
     # the materialised directions: update = lr * Phi^T c (/ d unnormalised).
     x, y = batch(9)
     model, ref_model = small_model(), small_model()
-    opt = RBD(model.parameters(), coordinates="forward", **kwargs)
+    opt = RBD(model.parameters(), derivatives="forward", **kwargs)
     opt.step(module_loss(model, lambda out: nn.functional.cross_entropy(out, y), x))
     loss_of(ref_model, x, y).backward()
     g = flat_grad(ref_model)
@@ -452,11 +452,11 @@ def test_forward_mode_coordinates_equal_backward_then_project(
 def test_forward_mode_needs_a_closure_and_a_known_mode():
     model = small_model()
     with pytest.raises(ValueError, match="closure"):
-        RBD(model.parameters(), dim=3, coordinates="forward").step()
-    with pytest.raises(ValueError, match="coordinates"):
-        RBD(model.parameters(), dim=3, coordinates="sideways")
-    opt = build_optimizer("rbd", model.parameters(), lr=0.1, dim=3, coordinates="forward")
-    assert opt.coordinates == "forward"
+        RBD(model.parameters(), dim=3, derivatives="forward").step()
+    with pytest.raises(ValueError, match="derivatives"):
+        RBD(model.parameters(), dim=3, derivatives="sideways")
+    opt = build_optimizer("rbd", model.parameters(), lr=0.1, dim=3, derivatives="forward")
+    assert opt.derivatives == "forward"
 
 
 @pytest.mark.parametrize("population", [7, 5])

@@ -245,19 +245,18 @@ def test_a_state_dict_with_other_compartments_is_refused(cls):
         cls(model.parameters(), **BASE, compartments="layer").load_state_dict(saved)
 
 
-def test_an_old_state_dict_without_settings_loads_and_is_checked_by_its_coordinates():
-    """State dicts from before the settings were saved hold only lr and step."""
+@pytest.mark.parametrize("cls", [RBD, FPD])
+def test_a_state_dict_lacking_a_setting_is_refused_naming_it_not_filled_in(cls):
+    """A state_dict saved by another version (here: before update_rule and beta2 existed)
+    is refused with the missing settings named, never loaded with this optimiser's."""
     model = small_model()
-    saved = stepped(FPD, model).state_dict()
+    saved = stepped(cls, model).state_dict()
     for group in saved["param_groups"]:
-        for name in list(group):
-            if name not in ("lr", "step", "params"):
-                del group[name]
-    opt = FPD(model.parameters(), **BASE)
-    opt.load_state_dict(saved)
-    assert opt.param_groups[0]["seed"] == 3 and opt.param_groups[0]["step"] == 1
-    with pytest.raises(ValueError, match="dim"):
-        FPD(model.parameters(), **(BASE | {"dim": 5})).load_state_dict(saved)
+        del group["update_rule"], group["beta2"]
+    opt = cls(model.parameters(), **BASE)
+    with pytest.raises(ValueError, match=r"lacks the setting\(s\) \['beta2', 'update_rule'\]"):
+        opt.load_state_dict(saved)
+    assert opt.param_groups[0]["step"] == 0  # nothing was loaded
 
 
 # --- no host sync in step() ------------------------------------------------------------
@@ -347,7 +346,7 @@ def test_step_never_reads_the_device_until_stats_are_read(name, host_reads, devi
 
 def test_forward_mode_step_never_reads_the_device(host_reads, device):
     model = small_model().to(device)
-    opt = RBD(model.parameters(), lr=0.1, dim=5, coordinates="forward")
+    opt = RBD(model.parameters(), lr=0.1, dim=5, derivatives="forward")
     x, y = on(device, *batch())
     closure = module_loss(model, lambda out: nn.functional.cross_entropy(out, y), x)
     assert host_reads(lambda: opt.step(closure)) == {}
@@ -422,9 +421,11 @@ def test_a_copied_optimiser_steps_exactly_as_the_original(cls, how):
     assert _same_stats(dict(twin.stats), dict(opt.stats))
 
 
-def test_the_old_name_workers_still_sets_threads_with_a_warning():
-    """RBD(workers=n) named threads before `workers` came to mean processes."""
+def test_an_argument_the_optimiser_does_not_take_is_refused_not_kept():
+    """An unknown keyword (the old name workers= for threads, a typo) is a TypeError naming
+    it, not a silent param-group setting."""
     model = torch.nn.Linear(4, 3)
-    with pytest.warns(DeprecationWarning, match="threads"):
-        opt = RBD(model.parameters(), lr=0.1, dim=5, workers=2)
-    assert opt.threads == 2
+    with pytest.raises(TypeError, match="workers"):
+        RBD(model.parameters(), lr=0.1, dim=5, workers=2)
+    with pytest.raises(TypeError, match="ofset"):
+        FPD(model.parameters(), lr=0.1, dim=5, ofset=True)

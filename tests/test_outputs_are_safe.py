@@ -15,7 +15,7 @@ import yaml
 from conftest import ROOT, run_rbd
 
 from rbd.report.tables import markdown_escape, render, rst_escape
-from rbd.train import io
+from rbd.spec import io
 from rbd.workflow.config import experiment_runs
 
 NASTY = "50% <b>*bold*</b> | `x` [a](b) $(touch pwned); rm -rf nowhere \\end{tabular}\nnext"

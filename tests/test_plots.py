@@ -12,7 +12,7 @@ from conftest import ROOT, run_rbd
 from matplotlib.figure import Figure
 from test_tables import _timed, is_pdf, make_run
 
-from rbd.report.kinds import FIGURE_KINDS, TABLE_KINDS
+from rbd.report.kinds import KINDS
 from rbd.report.plots import plot
 from rbd.report.rates import best_learning_rates, lr_snippet
 from rbd.report.tables import experiment_table, render, table_figure
@@ -92,6 +92,11 @@ def _figure_runs(root, kind):
     return paths
 
 
+# Kinds drawn by a figure drawer, and kinds whose figure is their table drawn as a page.
+FIGURE_KINDS = [name for name, kind in KINDS.items() if kind.figure != "table"]
+TABLE_KINDS = [name for name, kind in KINDS.items() if kind.figure == "table"]
+
+
 @pytest.mark.parametrize("kind", FIGURE_KINDS)
 def test_every_figure_kind_is_a_valid_pdf(tmp_path, kind):
     runs = tmp_path / "runs"
@@ -118,6 +123,13 @@ def test_every_table_kind_is_a_valid_pdf(tmp_path, kind):
     outputs = {suffix: tmp_path / f"t.{suffix}" for suffix in ("pdf", "md", "tex")}
     render(table, "t", kind=kind, description="a test table", **outputs)
     assert is_pdf(outputs["pdf"])
+    # The workflow draws the page with `rbd plot`, as every experiment's figure.
+    csv = tmp_path / "t.csv"
+    table.to_csv(csv, index=False)
+    proc = run_rbd("plot", "--experiment", "t", "--kind", kind, "--csv", csv,
+                   "--pdf", tmp_path / "page.pdf", "--description", "a test table")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert is_pdf(tmp_path / "page.pdf")
     assert outputs["md"].read_text().count("\n|") >= 2
     assert outputs["tex"].read_text().count("\\\\") >= 2
 

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 import rbd.train.steps as steps_module
+from rbd.spec import TrainConfig
 from rbd.train.loop import EPOCH_TIME_COLUMNS, train
-from rbd.train.settings import TrainConfig
 
 CASES = {
     "rbd": {"method": "rbd", "lr": 4.0},
@@ -65,10 +65,13 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch, case
     )
 
 
-def test_a_checkpoint_from_before_the_updates_counter_resumes_and_keeps_the_column(
-    tmp_path, monkeypatch
-):
+def test_a_checkpoint_in_another_format_is_refused_in_one_line_not_misread(tmp_path, monkeypatch):
+    """A checkpoint written by another version of rbd (format 1: no `format`, its epoch sums
+    as `epoch_acc`) stops the run with a RunDirectoryError naming the file and the formats,
+    and the run directory is left as it was."""
     import torch
+
+    from rbd.spec import RunDirectoryError
 
     cfg = _config(**CASES["rbd"])
     real_step, calls = steps_module.train_step, {"n": 0}
@@ -83,17 +86,14 @@ def test_a_checkpoint_from_before_the_updates_counter_resumes_and_keeps_the_colu
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path)
     monkeypatch.setattr(steps_module, "train_step", real_step)
-    # Rewrite the checkpoint as an older version wrote it: no updates counter, no spec.
     path = tmp_path / "checkpoint.pt"
     ckpt = torch.load(path, weights_only=True)
-    assert ckpt["epoch_acc"]["updates"] == 2  # epoch 2 stopped after its 2nd minibatch
-    del ckpt["epoch_acc"]["updates"], ckpt["spec"]
-    for row in ckpt["rows"]:
-        del row["updates"]
+    assert ckpt["format"] == 2 and ckpt["epoch_totals"]["updates"] == 2
+    ckpt["epoch_acc"] = ckpt.pop("epoch_totals")
+    del ckpt["format"]
     torch.save(ckpt, path)
-    record = train(cfg, tmp_path)
-    assert record["status"] == "done" and record["resumes"] == 1
-    metrics = pd.read_csv(tmp_path / "metrics.csv")
-    assert "updates" in metrics.columns
-    # epoch 1's count was never recorded; epoch 2 counts the 4 updates after the resume
-    assert metrics["updates"].isna().iloc[0] and metrics["updates"].iloc[1] == 4
+    before = path.read_bytes()
+    with pytest.raises(RunDirectoryError, match=r"checkpoint\.pt is in checkpoint format 1") as err:
+        train(cfg, tmp_path)
+    assert "\n" not in str(err.value) and "reads format 2" in str(err.value)
+    assert path.read_bytes() == before and not (tmp_path / "metrics.csv").exists()

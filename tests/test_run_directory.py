@@ -9,10 +9,9 @@ import stat
 import pytest
 from conftest import run_rbd
 
-from rbd.train.io import write_json
+from rbd.spec import CHECKPOINT, RUN_JSON, TrainConfig
+from rbd.spec.io import write_json
 from rbd.train.loop import train
-from rbd.train.runs import CHECKPOINT, RUN_JSON
-from rbd.train.settings import TrainConfig
 
 SMALL = ["--model", "fc", "--dataset", "mnist5k", "--train-limit", "64", "--threads", "1"]
 
@@ -127,7 +126,7 @@ def test_a_locked_run_directory_refuses_a_second_process(tmp_path):
 
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from rbd.train.io import run_lock\n"
+         "import sys, time; from rbd.spec.io import run_lock\n"
          f"with run_lock({str(tmp_path)!r}):\n print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -143,7 +142,7 @@ def test_a_locked_run_directory_refuses_a_second_process(tmp_path):
 
 def test_a_stale_lock_is_taken_over_with_a_log_line(tmp_path, caplog):
     (tmp_path / ".rbd-lock").write_text("pid 4194303 on gone-host since 2026-01-01 00:00:00\n")
-    with caplog.at_level("INFO", logger="rbd.train.io"):
+    with caplog.at_level("INFO", logger="rbd.spec.io"):
         record = train(cfg(epochs=1), tmp_path)
     assert record["status"] == "done"
     assert any("pid 4194303 on gone-host" in r.getMessage() for r in caplog.records)

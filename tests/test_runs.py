@@ -2,7 +2,7 @@
 
 import pytest
 
-from rbd.train.runs import RunSpec, parse_run_key
+from rbd.spec import RunSpec, parse_run_key
 
 BASE = RunSpec("rbd", "fc", "mnist5k", 250, "gaussian", 2**-5, 5, 0)
 
@@ -18,7 +18,7 @@ BASE = RunSpec("rbd", "fc", "mnist5k", 250, "gaussian", 2**-5, 5, 0)
         {"switch": "sgd_first:3", "sgd_lr": 0.0625},
         {"method": "nes", "nes_sigma": 0.05, "lr": 3.0517578125e-05},
         {"seed": 17, "batch_size": 128, "epochs": 100},
-        {"workers": 4, "bases": "split", "combine": "mean"},
+        {"workers": 4, "sharing": "split", "combine": "mean"},
     ],
 )
 def test_key_round_trip(changes):
@@ -70,7 +70,7 @@ def test_cli_args_survive_a_shell_and_the_cli_parser(tmp_path):
                       "augment": True,
                       "switch": "sgd_first:3", "sgd_lr": 0.0625, "nes_normalize": True,
                       "compartment_scale": "network", "even_dims": True, "fpd_offset": True,
-                      "workers": 2, "bases": "split"})  # fmt: skip
+                      "workers": 2, "sharing": "split"})  # fmt: skip
     words = subprocess.run(
         ["sh", "-c", f"printf '%s\\n' {spec.shell_args()}"], capture_output=True, text=True,
         check=True, cwd=tmp_path,

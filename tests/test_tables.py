@@ -328,15 +328,15 @@ def test_scaling_table_keeps_timings_per_epoch_and_the_distributed_settings(tmp_
                 [50.0, 60.0, 70.0 + workers],
                 dim=100,
                 metrics=timings,
-                settings={"workers": workers, "bases": bases},
+                settings={"workers": workers, "sharing": bases},
             )  # fmt: skip
         )
     tidy = experiment_table(paths, "fig_scaling", "scaling")
     assert len(tidy) == 9 and {"epoch", "step_s", "comm_s", "bytes_per_step"} <= set(tidy)
-    assert sorted(set(zip(tidy["workers"], tidy["bases"], strict=True))) == [
+    assert sorted(set(zip(tidy["workers"], tidy["sharing"], strict=True))) == [
         (1, "worker"), (2, "split"), (2, "worker")
     ]  # fmt: skip
-    summary = scaling_summary(tidy).set_index(["bases", "workers"])
+    summary = scaling_summary(tidy).set_index(["sharing", "workers"])
     # Median over the epochs of each run: the slow middle epoch is left out.
     assert summary.loc[("worker", 2), "step_s"] == pytest.approx(0.030)
     assert summary.loc[("split", 2), "bytes_per_step"] == 400

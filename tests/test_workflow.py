@@ -13,8 +13,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from rbd import BASES_VERSION
-from rbd.train.runs import parse_run_key
+from rbd.spec import BASES_VERSION, parse_run_key
 from rbd.workflow.cost import runtime_minutes
 
 
@@ -122,7 +121,7 @@ def test_verify_overlay_installs_the_local_data_and_trains_the_authors_protocol(
 def test_bases_experiment_also_builds_its_table(tmp_path):
     proc = snakemake("-n", "--cores", "8", "--directory", tmp_path, "figures/fig_bases.md")
     jobs = planned_jobs(proc)
-    assert jobs["render_figure_table"] == 1 and "plot_figure" not in jobs
+    assert jobs["render_table"] == 1 and "plot_figure" not in jobs
 
 
 def _train_resources(stdout: str) -> dict[str, dict[str, str]]:
@@ -171,8 +170,9 @@ def test_paper_default_target_builds_all_but_the_sweep(tmp_path):
     assert jobs["train"] == PAPER_DEFAULT_JOBS == 346
     assert jobs["aggregate_experiment"] == 8
     assert "verify" not in proc.stdout  # opt-in
-    assert jobs["render_table"] == 3 and jobs["plot_figure"] == 5
-    assert jobs["render_figure_table"] == 1
+    # One rule each: the Markdown/LaTeX tables of the kinds that have one (Tables 1-3 and
+    # fig_bases), and every experiment's PDF (a table kind's is its table as a page).
+    assert jobs["render_table"] == 4 and jobs["plot_figure"] == 8
     assert "pick_learning_rates" not in jobs and "fig_lr" not in proc.stdout
 
 

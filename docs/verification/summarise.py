@@ -24,9 +24,9 @@ import math
 from pathlib import Path
 
 from rbd.report.paper import TABLE1
+from rbd.spec import RunSpec, parse_run_key
+from rbd.spec.io import write_text
 from rbd.train.checkpoints import load_torch
-from rbd.train.io import write_text
-from rbd.train.runs import RunSpec, parse_run_key
 
 HERE = Path(__file__).resolve().parent
 EPOCHS_CSV = HERE / "full_protocol_epochs.csv"

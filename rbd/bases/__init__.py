@@ -62,7 +62,6 @@ sqrt((N + D) / N) / sqrt(D) (fastfood, from its shared G), against
 per block whatever the number of rows, never materialising a row.
 """
 
-from rbd import BASES_VERSION
 from rbd.bases.dense import (
     DEVICE_CHUNK_BYTES,
     KERNEL_CODE,
@@ -89,6 +88,7 @@ from rbd.bases.structured import (
     padded_size,
     placement,
 )
+from rbd.spec import BASES_VERSION
 
 __all__ = [
     "BASES_VERSION",
@@ -116,13 +116,3 @@ __all__ = [
     "step_seeds",
     "structured_blocks",
 ]
-
-# Names this package no longer uses: `coordinates` named a function, RBD's mode and FPD's
-# tensors at once.
-RENAMED = {"coordinates": "project_coordinates"}
-
-
-def __getattr__(name: str):
-    if name in RENAMED:  # ImportError, so that `from rbd.bases import ...` shows the message
-        raise ImportError(f"rbd.bases.{name} is now rbd.bases.{RENAMED[name]}")
-    raise AttributeError(f"module 'rbd.bases' has no attribute {name!r}")

@@ -3,13 +3,9 @@ seed's splitmix64 stream, structured ones applied as fast transforms."""
 
 from __future__ import annotations
 
-DENSE = ("gaussian", "uniform", "rademacher", "bernoulli-official")
+from rbd.spec.choices import DENSE, DISTRIBUTIONS, STRUCTURED
 
-
-STRUCTURED = ("srht", "fastfood")
-
-
-DISTRIBUTIONS = DENSE + STRUCTURED
+__all__ = ["DENSE", "DISTRIBUTIONS", "STRUCTURED", "check_distribution"]
 
 
 def check_distribution(distribution: str) -> None:

@@ -1,8 +1,8 @@
-/* The compiled CPU path of rbd.projection: counter-based directions, drawn and used in one pass.
+/* The compiled CPU path of rbd.bases: counter-based directions, drawn and used in one pass.
  *
  * A direction with seed s is the splitmix64 stream from state s: word k is
  * fmix64(s + (k + 1) * GAMMA). Its values come from the words' bits exactly as
- * rbd.projection's eager path builds them (that path is the specification and
+ * rbd.bases.dense's eager path builds them (that path is the specification and
  * the fallback; tests compare the two bit for bit):
  *   gaussian   value 4k + t = table[bits 16t..16t+15 of word k]
  *   uniform    value 2k + t = 2 * float(1.m) - 3, m = bits 32t..32t+22 of word k
@@ -10,13 +10,13 @@
  *   bernoulli  rademacher - 0.5 (the authors' +0.5 / -1.5)
  * Rows are drawn W = 64 * ceil(D / 64) values wide; the first D are used.
  *
- * No OpenMP: rbd.projection hands disjoint sets of rows to its own worker
+ * No OpenMP: rbd.bases.dense hands disjoint sets of rows to its own worker
  * threads (ctypes releases the GIL), each with its own update vector, so the
  * summation order is fixed by the row split alone. The directions are the same bits
  * on every CPU; the products (float32 sums) follow its vector width (AVX-512, AVX or
  * 128-bit lanes: SSE, NEON) and agree with a float64 reference to rounding.
  *
- * Gaussian and uniform rows: with AVX-512 the kernels measured there (issue 16) draw a
+ * Gaussian and uniform rows: with AVX-512 the kernels draw a
  * row at a time, its coordinate summed block by block; their products are bit for bit
  * those of the full-protocol runs made on AVX-512 hosts. Elsewhere (AVX2 laptops, ARM:
  * a smaller L2 than the 400 KB row, g and update each take at D = 100,000) rows are

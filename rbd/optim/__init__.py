@@ -7,11 +7,10 @@ from rbd.optim.compartments import COMPARTMENT_SCALES, Compartment, compartment_
 from rbd.optim.fpd import FPD
 from rbd.optim.methods import METHODS, build_optimizer
 from rbd.optim.nes import NES
-from rbd.optim.rbd import COORDINATES, RBD, module_loss
+from rbd.optim.rbd import RBD, module_loss
 
 __all__ = [
     "COMPARTMENT_SCALES",
-    "COORDINATES",
     "Compartment",
     "FPD",
     "METHODS",

@@ -18,7 +18,7 @@ run keeps its accuracy per epoch although it takes W times fewer steps.
 ``combine="mean"`` divides by W (the learning rate of a one-worker run then
 means the same step length).
 
-Bases (``bases``):
+Sharing of the bases (``sharing``):
 
 - ``"worker"``: worker w draws d directions from seeds
   ``(seed, step, compartment, w, i)``; W x d numbers cross the network.
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 
 import torch
@@ -51,22 +50,20 @@ from rbd.optim.compartments import Compartment
 from rbd.optim.rbd import RBD
 from rbd.optim.seeded import add_flat
 from rbd.optim.step_stats import StepStatistics
+from rbd.spec.choices import COMBINE, SHARING
 
 log = logging.getLogger(__name__)
 
-BASES = ("worker", "shared", "split")
-COMBINE = ("sum", "mean")
 # Per-step means over an epoch (seconds, worker 0), dropped like
 # rbd.train.loop.EPOCH_TIME_COLUMNS when runs are compared.
 STEP_TIME_COLUMNS = ("step_s", "compute_s", "regen_s", "comm_s")
 BYTES_PER_NUMBER = 4  # float32 coordinates and gradients
 
 
-class Group:
-    """This process's place among the workers, and the few collectives training needs.
-
-    With ``size == 1`` nothing is communicated (no process group is needed).
-    """
+class Workers:
+    """This process's place among the W workers of a distributed run (its process group),
+    and the one collective the optimiser needs. With ``size == 1`` nothing is communicated
+    (no process group is needed)."""
 
     def __init__(self, rank: int, size: int, device: torch.device):
         if not 0 <= rank < size:
@@ -87,46 +84,15 @@ class Group:
         dist.all_gather(parts, local)
         return torch.stack(parts).to(tensor.device)
 
-    def shard(self, indices: torch.Tensor) -> torch.Tensor:
-        """This worker's part of one global batch: the rank-th of W consecutive,
-        equal parts (sizes differ by at most one in the last, shorter batch)."""
-        return torch.tensor_split(indices, self.size)[self.rank]
-
-    def sync_buffers(self, model: torch.nn.Module) -> None:
-        """Average floating-point buffers (batch-norm statistics) over workers,
-        summed in rank order so that every worker gets the same bits."""
-        if self.size == 1:
-            return
-        for buf in model.buffers():
-            if buf.is_floating_point():
-                buf.copy_(self.all_gather(buf).sum(0).div_(self.size))
-
-    def check_identical(self, model: torch.nn.Module, epoch: int) -> None:
-        """Raise if any worker's parameters or buffers differ from worker 0's."""
-        if self.size == 1:
-            return
-        tensors = [t.detach().double() for t in (*model.parameters(), *model.buffers())]
-        total = sum(float(t.sum()) for t in tensors)
-        squares = sum(float(t.square().sum()) for t in tensors)
-        local = torch.tensor([total, squares], dtype=torch.float64, device=self.device)
-        sums = self.all_gather(local).cpu()
-        bad = [w for w in range(self.size) if not torch.equal(sums[w], sums[0])]
-        if bad:
-            raise RuntimeError(
-                f"distributed RBD: after epoch {epoch} the parameters of worker(s) {bad} "
-                f"differ from worker 0's (checksums {sums.tolist()}); the workers no longer "
-                "train the same model"
-            )
-
 
 class DistributedRBD(RBD):
     r"""RBD over W workers that exchange only their coordinates (see the module docstring).
 
     Args:
         params, lr, dim, distribution, seed, normalize, compartments,
-            chunk_size, workers: as for :class:`rbd.optim.RBD`.
-        group: this worker's :class:`Group`.
-        bases: ``"worker"`` (default), ``"shared"`` or ``"split"``.
+            chunk_size, threads: as for :class:`rbd.optim.RBD` (update_rule "sgd" only).
+        workers: this process's :class:`Workers`.
+        sharing: ``"worker"`` (default), ``"shared"`` or ``"split"``.
         combine: ``"sum"`` (default) or ``"mean"`` of the workers' updates.
         loss_limit: a minibatch loss above this (or not finite), passed to
             ``step(loss=...)``, is sent as NaN coordinates, so that every
@@ -146,20 +112,25 @@ class DistributedRBD(RBD):
     def __init__(
         self,
         params,
-        group: Group,
+        workers: Workers,
         *,
-        bases: str = "worker",
+        sharing: str = "worker",
         combine: str = "sum",
         loss_limit: float = math.inf,
         **kwargs,
     ):
-        if bases not in BASES:
-            raise ValueError(f"Invalid bases: {bases!r}; choose one of {BASES}")
+        if sharing not in SHARING:
+            raise ValueError(f"Invalid sharing: {sharing!r}; choose one of {SHARING}")
         if combine not in COMBINE:
             raise ValueError(f"Invalid combine: {combine!r}; choose one of {COMBINE}")
-        kwargs.setdefault("worker", group.rank)
+        if kwargs.get("update_rule", "sgd") != "sgd":
+            raise ValueError(
+                f"Invalid update_rule: {kwargs['update_rule']!r}; distributed RBD combines "
+                "the workers' coordinates as SGD steps (update_rule='sgd')"
+            )
+        kwargs.setdefault("worker", workers.rank)
         super().__init__(params, **kwargs)
-        self.group, self.bases, self.combine = group, bases, combine
+        self.workers, self.sharing, self.combine = workers, sharing, combine
         self.loss_limit = loss_limit
         self.diverged = False
         if self.threads is None and self.param_groups[0]["params"][0].device.type != "cpu":
@@ -168,7 +139,7 @@ class DistributedRBD(RBD):
             # Threads per projection fix the summation order: every worker must
             # use the same count to rebuild the others' updates bit for bit.
             threads = torch.tensor([torch.get_num_threads()])
-            self.threads = int(group.all_gather(threads).min())
+            self.threads = int(workers.all_gather(threads).min())
 
     def _check_group(self, group, others) -> None:
         super()._check_group(group, others)
@@ -181,18 +152,18 @@ class DistributedRBD(RBD):
 
     def share(self, compartment: Compartment, worker: int) -> tuple[int, int, int]:
         """(seed worker id, first, last + 1 direction index) of ``worker``'s directions."""
-        if self.bases == "worker":
+        if self.sharing == "worker":
             return worker, 0, compartment.dim
-        if self.bases == "shared":
+        if self.sharing == "shared":
             return 0, 0, compartment.dim
-        w, n, d = worker, self.group.size, compartment.dim
+        w, n, d = worker, self.workers.size, compartment.dim
         return 0, w * d // n, (w + 1) * d // n
 
     def _width(self, compartment: Compartment) -> int:
         """Slots for one compartment in each worker's message."""
         return (
-            math.ceil(compartment.dim / self.group.size)
-            if self.bases == "split"
+            math.ceil(compartment.dim / self.workers.size)
+            if self.sharing == "split"
             else compartment.dim
         )
 
@@ -203,13 +174,13 @@ class DistributedRBD(RBD):
     @property
     def bytes_per_step(self) -> int:
         """Size of the gathered coordinates: W x (numbers per worker) x 4 bytes."""
-        return self.group.size * self.coordinates_per_worker * BYTES_PER_NUMBER
+        return self.workers.size * self.coordinates_per_worker * BYTES_PER_NUMBER
 
     def _seeds_of(self, compartment: Compartment, step: int, worker: int) -> list[int]:
         seed_worker, lo, hi = self.share(compartment, worker)
         return self.seeds(compartment, step, seed_worker)[lo:hi]
 
-    def _expand(self, coords, compartment, step, worker) -> torch.Tensor:
+    def _expand_worker(self, coords, compartment, step, worker) -> torch.Tensor:
         u = expand(
             coords,
             self._seeds_of(compartment, step, worker),
@@ -225,7 +196,7 @@ class DistributedRBD(RBD):
         # Unnormalised updates are divided by the directions used (the engine
         # divides by this worker's share); a split step has d in all.
         normalize = self.param_groups[compartment.group]["normalize"]
-        if not normalize and self.bases == "split" and count:
+        if not normalize and self.sharing == "split" and count:
             update = update * (count / compartment.dim)
         return update
 
@@ -235,7 +206,7 @@ class DistributedRBD(RBD):
             with torch.enable_grad():
                 loss = float(closure())
         device = self.param_groups[0]["params"][0].device
-        rank, size = self.group.rank, self.group.size
+        rank, size = self.workers.rank, self.workers.size
         widths = [self._width(c) for c in self.compartments]
         offsets = [sum(widths[:k]) for k in range(len(widths))]
         message = torch.zeros(sum(widths), dtype=torch.float32, device=device)
@@ -262,7 +233,7 @@ class DistributedRBD(RBD):
 
         _sync(device)
         start = time.perf_counter()
-        gathered = self.group.all_gather(message)  # [W, numbers per worker]
+        gathered = self.workers.all_gather(message)  # [W, numbers per worker]
         _sync(device)
         comm_s = time.perf_counter() - start
         if not bool(torch.isfinite(gathered).all()):
@@ -279,11 +250,11 @@ class DistributedRBD(RBD):
                 if comp.group != gi:
                     continue
                 a = offsets[k]
-                if self.bases == "shared":
+                if self.sharing == "shared":
                     total = gathered[0, a : a + comp.dim].clone()
                     for w in range(1, size):
                         total.add_(gathered[w, a : a + comp.dim])
-                    u = self._expand(total, comp, step, 0)
+                    u = self._expand_worker(total, comp, step, 0)
                 else:
                     u = None
                     for w in range(size):
@@ -291,7 +262,7 @@ class DistributedRBD(RBD):
                         part = (
                             own[k]
                             if w == rank
-                            else self._expand(gathered[w, a : a + hi - lo], comp, step, w)
+                            else self._expand_worker(gathered[w, a : a + hi - lo], comp, step, w)
                         )
                         u = part if u is None else u.add_(part)
                 if self.combine == "mean":
@@ -316,7 +287,7 @@ def _flat_grads(params) -> torch.Tensor:
 def _used(gathered, opt: DistributedRBD, widths, offsets) -> torch.Tensor:
     """All workers' coordinates without the padding slots."""
     parts = []
-    for w in range(opt.group.size):
+    for w in range(opt.workers.size):
         for k, comp in enumerate(opt.compartments):
             _, lo, hi = opt.share(comp, w)
             parts.append(gathered[w, offsets[k] : offsets[k] + hi - lo])
@@ -326,23 +297,3 @@ def _used(gathered, opt: DistributedRBD, widths, offsets) -> torch.Tensor:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-# ---------------------------------------------------------------------------
-# Launching: under torchrun, or W local processes started here.
-
-
-def under_torchrun() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def check_config(cfg) -> None:
-    """The distributed settings (workers, bases, combine); ValueError naming the setting.
-    Which methods and schedules W workers can train is a run's rule
-    (rbd.train.runs.run_problems)."""
-    if cfg.workers is None or cfg.workers < 1:
-        raise ValueError(f"Invalid workers: {cfg.workers} (must be an integer >= 1)")
-    if cfg.bases not in BASES:
-        raise ValueError(f"Invalid bases: {cfg.bases!r}; choose one of {BASES}")
-    if cfg.combine not in COMBINE:
-        raise ValueError(f"Invalid combine: {cfg.combine!r}; choose one of {COMBINE}")

@@ -60,7 +60,7 @@ class FPD(RandomBases):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """As :meth:`RBD.load_state_dict`; the saved coordinates must also fit the
-        compartments (a state_dict from before the settings were saved is checked so)."""
+        compartments."""
         for index, saved in enumerate(self._checked_groups(state_dict)):
             if not saved["params"]:
                 continue

@@ -8,8 +8,7 @@ from rbd.optim.fpd import FPD
 from rbd.optim.nes import NES
 from rbd.optim.rbd import RBD
 from rbd.optim.update_rules import BETA2, EPS, MOMENTUM, check_update_rule
-
-METHODS = ("sgd", "rbd", "fpd", "nes")
+from rbd.spec.choices import METHODS
 
 
 def build_optimizer(
@@ -30,8 +29,8 @@ def build_optimizer(
     ``"momentum"`` SGD with momentum 0.9, with ``"adam"`` ``torch.optim.Adam`` (betas
     0.9 and ``beta2``, eps 1e-8): the update rules RBD and FPD apply to their
     coordinates, applied to the parameters. Other options
-    (``normalize``, ``worker``; RBD/FPD ``chunk_size``, ``workers``; RBD
-    ``coordinates``; FPD ``cache``; NES ``sigma``, ``antithetic``) go to the
+    (``normalize``, ``worker``; RBD/FPD ``chunk_size``, ``threads``; RBD
+    ``derivatives``; FPD ``cache``; NES ``sigma``, ``antithetic``) go to the
     class.
     """
     if method == "sgd":

@@ -4,7 +4,6 @@ coordinates from the gradient (c = Phi g) or from forward-mode derivatives."""
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping
 
 import torch
@@ -22,11 +21,7 @@ from rbd.optim.compartments import COMPARTMENT_SCALES, Compartment, compartment_
 from rbd.optim.seeded import SeededOptimizer, add_flat, check_integer, flatten
 from rbd.optim.step_stats import StepStatistics
 from rbd.optim.update_rules import BETA2, STATE_KEYS, check_update_rule, coordinate_step
-
-# How RBD gets its coordinates c_i = <g, phi_i>: a backward pass and c = Phi g,
-# or one forward-mode directional derivative per direction (no backward pass).
-COORDINATES = ("backward", "forward")
-
+from rbd.spec.choices import DERIVATIVES
 
 # Directions per batched jvp in forward mode (chunk_size overrides it).
 FORWARD_CHUNK = 25
@@ -63,9 +58,9 @@ class RandomBases(SeededOptimizer):
         threads: int | None = None,
         **group_defaults,
     ):
-        if "workers" in group_defaults:  # the name before `threads` (workers are processes)
-            warnings.warn("RBD/FPD(workers=...) is now threads=...", DeprecationWarning, 2)
-            threads = group_defaults.pop("workers")
+        unknown = sorted(set(group_defaults) - set(self.flag_settings))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected argument(s) {unknown}")
         if chunk_size is not None:
             check_integer("chunk_size", chunk_size, 1)
         if threads is not None:
@@ -330,12 +325,11 @@ class RBD(RandomBases):
         worker: this process's worker id, mixed into the seeds (distributed RBD);
             an attribute, so that every worker loads the same state_dict.
         chunk_size: directions generated at once (default: what fits in L2).
-        threads: threads generating directions (default: torch's thread count; the
-            old name ``workers=`` still works, with a DeprecationWarning).
+        threads: threads generating directions (default: torch's thread count).
             ``chunk_size`` and ``threads`` say how a step is computed, not what
             (beyond float rounding): they are attributes of the optimiser.
 
-        coordinates: ``"backward"`` (default: ``step()`` after a backward
+        derivatives: ``"backward"`` (default: ``step()`` after a backward
             pass, c = Phi g from ``p.grad``) or ``"forward"``: c_i is the
             directional derivative of the loss along phi_i, by forward-mode
             differentiation (``torch.func.jvp``, batched over ``chunk_size``
@@ -357,22 +351,22 @@ class RBD(RandomBases):
     waits for it; the first read of ``stats`` does (one host sync).
     """
 
-    def __init__(self, params, *args, coordinates: str = "backward", **kwargs):
-        if coordinates not in COORDINATES:
-            raise ValueError(f"Invalid coordinates: {coordinates!r}; choose one of {COORDINATES}")
+    def __init__(self, params, *args, derivatives: str = "backward", **kwargs):
+        if derivatives not in DERIVATIVES:
+            raise ValueError(f"Invalid derivatives: {derivatives!r}; choose one of {DERIVATIVES}")
         super().__init__(params, *args, **kwargs)
-        self.coordinates = coordinates
+        self.derivatives = derivatives
 
     @property
     def step_input(self) -> str:
-        return "forward_closure" if self.coordinates == "forward" else "gradient"
+        return "forward_closure" if self.derivatives == "forward" else "gradient"
 
     def step(self, closure=None):
-        if self.coordinates == "backward":
+        if self.derivatives == "backward":
             return super().step(closure)
         if closure is None:
             raise ValueError(
-                "RBD(coordinates='forward').step needs a closure params -> loss "
+                "RBD(derivatives='forward').step needs a closure params -> loss "
                 "(e.g. rbd.optim.module_loss(model, loss_fn, *inputs))"
             )
         return self._forward_step(closure)
@@ -443,7 +437,7 @@ class RBD(RandomBases):
 
 
 def module_loss(model: torch.nn.Module, loss_fn, *inputs):
-    """A closure for ``RBD(coordinates="forward")``: ``params -> loss_fn(model(*inputs))``
+    """A closure for ``RBD(derivatives="forward")``: ``params -> loss_fn(model(*inputs))``
     with the module's parameters replaced by ``params`` (in ``model.parameters()``
     order, as an optimiser built on ``model.parameters()`` sees them)."""
     names = [name for name, _ in model.named_parameters()]

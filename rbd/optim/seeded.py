@@ -154,8 +154,9 @@ class SeededOptimizer(torch.optim.Optimizer):
 
     def _checked_groups(self, state_dict: dict) -> list[dict]:
         """The saved param groups, after checking that each agrees with this optimiser's
-        on ``bases_settings`` (a ValueError names the first that differs); settings a
-        state_dict from before they were saved lacks are taken from this optimiser."""
+        on ``bases_settings`` (a ValueError names the first that differs). A state_dict
+        that lacks a setting this optimiser has was saved by another version of it, whose
+        state may mean something else: a ValueError names the setting."""
         saved_groups = [dict(saved) for saved in state_dict["param_groups"]]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
@@ -163,6 +164,13 @@ class SeededOptimizer(torch.optim.Optimizer):
                 f"has {len(self.param_groups)}"
             )
         for index, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
+            missing = sorted(set(self.defaults) - set(saved))
+            if missing:
+                raise ValueError(
+                    f"Invalid state_dict: param group {index} lacks the setting(s) {missing} "
+                    f"that this {type(self).__name__} has; it was saved by another version "
+                    "of rbd and cannot be continued by this one"
+                )
             for name in self.bases_settings:
                 if name in saved and saved[name] != group[name]:
                     raise ValueError(
@@ -170,8 +178,6 @@ class SeededOptimizer(torch.optim.Optimizer):
                         f"{name}={saved[name]!r}, this optimiser has {name}={group[name]!r}; "
                         "it would continue on other random bases"
                     )
-            for name in self.defaults:
-                saved.setdefault(name, group[name])
         return saved_groups
 
     def load_state_dict(self, state_dict: dict) -> None:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-UPDATE_RULES = ("sgd", "momentum", "adam")
+from rbd.spec.choices import UPDATE_RULES
+
 # Heavy-ball momentum, and Adam's first-moment decay: torch's and Li et al.'s default 0.9.
 MOMENTUM = 0.9
 # Adam's second-moment decay: torch's default (Li et al.'s scripts ran 0.99: the

@@ -24,7 +24,7 @@ import pandas as pd
 
 from rbd.report.paper import TABLE1, is_off, paper_value
 from rbd.report.style import DATASET_ORDER, METHOD_ORDER, MODEL_ORDER
-from rbd.train.runs import parse_run_key
+from rbd.spec import parse_run_key
 
 # The verification summary, relative to the checkout (the workflow's default source).
 VERIFICATION_CSV = "docs/verification/full_protocol.csv"

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from rbd.report.kinds import kind_of
 from rbd.report.paper import off_bound
 from rbd.report.rates import best_learning_rates
 from rbd.report.style import (
@@ -246,46 +247,46 @@ def plot_lr(runs: pd.DataFrame, title: str | None = None) -> Figure:
     return fig
 
 
-BASES_LABELS = {"worker": "own bases per worker", "shared": "shared bases", "split": "d split"}
+SHARING_LABELS = {"worker": "own bases per worker", "shared": "shared bases", "split": "d split"}
 TIME_PARTS = {"compute_s": "compute", "regen_s": "regenerate", "comm_s": "communicate"}
 
 
 def scaling_summary(curves: pd.DataFrame) -> pd.DataFrame:
-    """Per bases mode and W: mean over runs of each run's median per-epoch timings
+    """Per sharing mode and W: mean over runs of each run's median per-epoch timings
     (seconds per step) and bytes per step, and the last epoch's accuracy."""
     from rbd.report.tables import SCALING_COLUMNS
 
     columns = [c for c in SCALING_COLUMNS if c in curves]
-    per_run = curves.groupby(["bases", "workers", "run_dir"])[columns].median()
-    last = curves.sort_values("epoch").groupby(["bases", "workers", "run_dir"])["val_acc"].last()
+    per_run = curves.groupby(["sharing", "workers", "run_dir"])[columns].median()
+    last = curves.sort_values("epoch").groupby(["sharing", "workers", "run_dir"])["val_acc"].last()
     per_run["val_acc"] = last
-    summary = per_run.groupby(["bases", "workers"]).mean().reset_index()
-    return summary.sort_values(["bases", "workers"], kind="stable").reset_index(drop=True)
+    summary = per_run.groupby(["sharing", "workers"]).mean().reset_index()
+    return summary.sort_values(["sharing", "workers"], kind="stable").reset_index(drop=True)
 
 
 @styled
 def plot_scaling(curves: pd.DataFrame, title: str | None = None) -> Figure:
     """Distributed RBD against the number of workers W.
 
-    Top: validation accuracy per epoch, one panel per bases mode, one line per W.
+    Top: validation accuracy per epoch, one panel per sharing mode, one line per W.
     Bottom: time per step against W split into compute, regeneration and
-    communication (stacked bars, one group per bases mode), and bytes per step
+    communication (stacked bars, one group per sharing mode), and bytes per step
     against W beside the D x 4 bytes of a data-parallel SGD all-reduce.
     """
     import seaborn as sns
 
-    modes = [b for b in BASES_LABELS if b in set(curves["bases"])]
+    modes = [b for b in SHARING_LABELS if b in set(curves["sharing"])]
     workers = sorted({int(w) for w in curves["workers"]})
     colors = dict(zip(workers, sns.color_palette("viridis", len(workers)), strict=True))
     fig, axes = _panels(2, max(len(modes), 2))
     for ax, mode in zip(axes[0], modes, strict=False):
-        sub = curves[curves["bases"] == mode]
+        sub = curves[curves["sharing"] == mode]
         for w in workers:
             runs = sub[sub["workers"] == w]
             label = _diverged_label(f"W = {w}", runs)
             _line(ax, runs, "epoch", "val_acc", label, colors[w], marker="o")
         pairs = ", ".join(pair_label(m, d) for m, d in _pairs(sub))
-        ax.set(title=f"{pairs}: {BASES_LABELS[mode]}", xlabel="epoch",
+        ax.set(title=f"{pairs}: {SHARING_LABELS[mode]}", xlabel="epoch",
                ylabel="validation accuracy (%)")  # fmt: skip
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=7)
@@ -297,7 +298,7 @@ def plot_scaling(curves: pd.DataFrame, title: str | None = None) -> Figure:
     hatches = ["", "//", "..", "xx"]
     part_colors = sns.color_palette("Set2", len(TIME_PARTS))
     for i, mode in enumerate(modes):
-        rows = summary[summary["bases"] == mode]
+        rows = summary[summary["sharing"] == mode]
         offset = (i - (len(modes) - 1) / 2) * width
         x = np.array([workers.index(int(w)) for w in rows["workers"]]) + offset
         bottom = np.zeros(len(rows))
@@ -306,11 +307,11 @@ def plot_scaling(curves: pd.DataFrame, title: str | None = None) -> Figure:
                 continue
             ms = 1000 * rows[column].fillna(0).to_numpy()
             time_ax.bar(x, ms, width, bottom=bottom, color=color, hatch=hatches[i % len(hatches)],
-                        edgecolor="white", label=f"{part} ({BASES_LABELS[mode]})")  # fmt: skip
+                        edgecolor="white", label=f"{part} ({SHARING_LABELS[mode]})")  # fmt: skip
             bottom += ms
         if "bytes_per_step" in rows:
             bytes_ax.plot(rows["workers"], rows["bytes_per_step"], marker="o",
-                          label=f"RBD, {BASES_LABELS[mode]}")  # fmt: skip
+                          label=f"RBD, {SHARING_LABELS[mode]}")  # fmt: skip
     time_ax.set_xticks(range(len(workers)), [str(w) for w in workers])
     time_ax.set(xlabel="workers W", ylabel="time per step (ms, median over epochs)",
                 title="time per step: compute, regeneration, communication")  # fmt: skip
@@ -491,16 +492,80 @@ def plot_paper_vs_ours(cells: pd.DataFrame, title: str | None = None) -> Figure:
     return fig
 
 
+@styled
+def plot_intrinsic_dim(runs: pd.DataFrame, title: str | None = None) -> Figure:
+    """Accuracy against d (log axis), one panel per network, one line per method variant
+    (mean over seeds, each seed a dot); the baseline and 90 % of it as horizontal lines;
+    each variant's d_int90 as a dotted vertical line in its colour, and Li et al.'s
+    published d_int90 as a dashed black one (rbd.report.intrinsic)."""
+    import seaborn as sns
+
+    from rbd.report.intrinsic import LI_D_INT90, THRESHOLD, VARIANT_KEYS, d_int90_table
+
+    summary = d_int90_table(runs)
+    sub = runs[runs["method"] != "sgd"]
+    variants = list(sub[VARIANT_KEYS].drop_duplicates().itertuples(index=False, name=None))
+    colors = dict(zip(variants, sns.color_palette("tab10", max(len(variants), 1)), strict=False))
+    pairs = _pairs(runs)
+    fig, axes = _panels(1, max(len(pairs), 1), width=5.0, height=3.8)
+    for ax, (model, dataset) in zip(axes[0], pairs, strict=False):
+        net = sub[(sub["model"] == model) & (sub["dataset"] == dataset)]
+        baseline = runs[(runs["model"] == model) & (runs["dataset"] == dataset)]["baseline_acc"]
+        for variant in variants:
+            mask = np.all([net[k] == v for k, v in zip(VARIANT_KEYS, variant, strict=True)], 0)
+            rows = net[mask]
+            if rows.empty:
+                continue
+            method, distribution, rule = variant
+            label = f"{METHOD_LABELS.get(method, method)}, "
+            label += f"{DISTRIBUTION_LABELS.get(distribution, distribution)}, {rule}"
+            mean = rows.groupby("dim")["final_val_acc"].mean()
+            ax.plot(mean.index, mean.values, marker="o", color=colors[variant], label=label,
+                    gid=f"mean:{method}:{distribution}:{rule}")  # fmt: skip
+            ax.scatter(rows["dim"], rows["final_val_acc"], s=8, alpha=0.5, color=colors[variant])
+            found = summary[
+                (summary["model"] == model) & (summary["dataset"] == dataset)
+                & np.all([summary[k] == v for k, v in zip(VARIANT_KEYS, variant, strict=True)], 0)
+            ]  # fmt: skip
+            if len(found) and np.isfinite(found["d_int90"].iloc[0]):
+                ax.axvline(found["d_int90"].iloc[0], color=colors[variant], linestyle=":",
+                           gid=f"d_int90:{method}:{distribution}:{rule}")  # fmt: skip
+        if baseline.notna().any():
+            base = float(baseline.dropna().iloc[0])
+            ax.axhline(base, color=METHOD_COLORS["sgd"], linewidth=0.8, gid="baseline",
+                       label=f"baseline (direct training) {base:.2f} %")  # fmt: skip
+            ax.axhline(THRESHOLD * base, color="grey", linestyle="--", linewidth=0.8,
+                       gid="threshold", label=f"{THRESHOLD:.0%} of the baseline")  # fmt: skip
+        if (model, dataset) in LI_D_INT90:
+            ax.axvline(LI_D_INT90[(model, dataset)], color="black", linestyle="--",
+                       linewidth=0.9, gid="li",
+                       label=f"Li et al.: d_int90 = {LI_D_INT90[(model, dataset)]}")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set(title=pair_label(model, dataset), xlabel="subspace dimension d",
+               ylabel="validation accuracy (%)")  # fmt: skip
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    _title(fig, title)
+    return fig
+
+
+# The figure drawers a kind names (rbd.report.kinds.Kind.figure; "table" is the wide
+# table drawn as a page, rbd.report.tables.table_figure).
+DRAWERS = {
+    "curves": plot_curves,
+    "dims": plot_dims,
+    "switch": plot_switch,
+    "lr_sweep": plot_lr,
+    "scaling": plot_scaling,
+    "bases": plot_bases,
+    "intrinsic_dim": plot_intrinsic_dim,
+}
+
+
 def plot(kind: str, data: pd.DataFrame, title: str | None = None) -> Figure:
-    """The figure of an experiment of `kind`, drawn from its tidy table (not saved)."""
-    drawers = {
-        "curves": plot_curves,
-        "dims": plot_dims,
-        "switch": plot_switch,
-        "lr_sweep": plot_lr,
-        "scaling": plot_scaling,
-        "bases": plot_bases,
-    }
-    if kind not in drawers:
-        raise ValueError(f"unknown figure kind {kind!r}; choose one of {', '.join(drawers)}")
-    return drawers[kind](data, title)
+    """The figure of an experiment of `kind`, drawn from its tidy table (not saved); a kind
+    whose figure is its table is drawn by rbd.report.tables.table_figure instead."""
+    drawer = kind_of(kind).figure
+    if drawer not in DRAWERS:
+        raise ValueError(f"experiment kind {kind!r} draws its table: use table_figure")
+    return DRAWERS[drawer](data, title)

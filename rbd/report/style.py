@@ -14,6 +14,8 @@ import functools
 from contextlib import contextmanager
 from pathlib import Path
 
+from rbd.spec import DATASET_FACTS, DATASETS, MODELS
+
 METHOD_ORDER = ["nes", "fpd", "rbd", "sgd"]
 METHOD_LABELS = {"nes": "NES", "fpd": "FPD", "rbd": "RBD", "sgd": "SGD"}
 DISTRIBUTION_LABELS = {
@@ -24,15 +26,10 @@ DISTRIBUTION_LABELS = {
     "srht": "SRHT",
     "fastfood": "Fastfood",
 }
-# Rows in the paper's order: models, then data sets, as Table 1 lists them.
-MODEL_ORDER = ["fc", "cnn", "resnet8"]
-DATASET_ORDER = ["mnist5k", "mnist", "fashion_mnist", "cifar10"]
-DATASET_LABELS = {
-    "mnist5k": "MNIST5k",
-    "mnist": "MNIST",
-    "fashion_mnist": "FMNIST",
-    "cifar10": "CIFAR10",
-}
+# Rows in the paper's order: models, then data sets, as Table 1 lists them (rbd.spec's).
+MODEL_ORDER = list(MODELS)
+DATASET_ORDER = list(DATASETS)
+DATASET_LABELS = {name: facts.label for name, facts in DATASET_FACTS.items()}
 METHOD_COLORS = {"sgd": "#222222", "rbd": "#d1495b", "fpd": "#00798c", "nes": "#edae49"}
 
 

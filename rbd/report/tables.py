@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from rbd.report.kinds import TABLE_KINDS, kind_of
 from rbd.report.paper import paper_frac_sgd, paper_val_acc
 from rbd.report.style import (
     DATASET_ORDER,
@@ -28,7 +29,7 @@ from rbd.report.style import (
     save_pdf,
     styled,
 )
-from rbd.train.runs import METRICS, RUN_JSON, RunDirectoryError
+from rbd.spec import METRICS, RUN_JSON, RunDirectoryError
 
 if TYPE_CHECKING:  # aggregation (no figure) does not import matplotlib
     from matplotlib.figure import Figure
@@ -36,7 +37,7 @@ if TYPE_CHECKING:  # aggregation (no figure) does not import matplotlib
 GROUP_KEYS = ["model", "dataset", "method", "dim", "distribution", "compartments", "switch", "lr"]
 RUN_KEYS = GROUP_KEYS + ["seed", "epochs", "augment", "batch_size"]
 # Settings of distributed runs (rbd.optim.distributed); absent from one-process runs.
-DISTRIBUTED_KEYS = ["workers", "bases", "combine"]
+DISTRIBUTED_KEYS = ["workers", "sharing", "combine"]
 # grad_corr_mean: one cosine between the whole update and the whole gradient per step;
 # grad_corr_tensors_mean: the mean of the per-tensor cosines, the authors' statistic
 # (models/rbd.py records "correlation/<weight>" per tensor). Epoch means of both.
@@ -263,43 +264,51 @@ def _factor(compartments: str) -> str:
 
 
 def wide_table(table: pd.DataFrame, kind: str = "method_table") -> pd.DataFrame:
-    """The paper-like view of an aggregated table.
+    """The paper-like view of an aggregated table, built as the kind's entry in
+    rbd.report.kinds names (WIDE_TABLES)."""
+    builder = kind_of(kind).table
+    if builder is None:
+        raise ValueError(f"experiment kind {kind!r} has no table; choose one of {TABLE_KINDS}")
+    return WIDE_TABLES[builder](table)
 
-    method_table: one row per model-data pair, one column per method (Table 1).
-    distribution_table: one column per RBD direction distribution, SGD last (Table 2).
-    compression_table: one row per pair and compression factor, with the
-    number of trainable coordinates; one column per method with gradient
-    correlation; SGD (uncompressed) repeated on every row (Table 3).
-    """
+
+def _cells(table: pd.DataFrame, corr: bool = False) -> pd.DataFrame:
+    """The aggregated table with its model-data pair, D and formatted cell."""
     table = table.copy()
     table["model-data"] = _pair(table)
     table["D"] = table["num_params"].map("{:,}".format)
-    table["cell"] = [
-        _table_cell(row, corr=kind == "compression_table") for row in table.itertuples()
-    ]
-    if kind == "method_table":
-        index, column = ["model-data", "D"], "method"
-        labels = METHOD_LABELS
-        order = [m for m in METHOD_ORDER if m in set(table["method"])]
-    elif kind == "distribution_table":
-        index, column = ["model-data", "D"], "column"
-        table["column"] = np.where(table["method"] == "sgd", "sgd", table["distribution"])
-        labels = DISTRIBUTION_LABELS | {"sgd": "SGD"}
-        order = [d for d in labels if d in set(table["column"])]
-    elif kind == "compression_table":
-        return _compression_table(table)
-    elif kind == "bases":
-        return _bases_table(table)
-    else:
-        raise ValueError(f"unknown table kind {kind!r}")
-    wide = table.pivot_table(index=index, columns=column, values="cell", aggfunc="first",
-                             sort=False)  # fmt: skip
+    table["cell"] = [_table_cell(row, corr=corr) for row in table.itertuples()]
+    return table
+
+
+def _pivot(table: pd.DataFrame, column: str, labels: dict, order: list) -> pd.DataFrame:
+    wide = table.pivot_table(index=["model-data", "D"], columns=column, values="cell",
+                             aggfunc="first", sort=False)  # fmt: skip
     wide = wide.reindex(columns=order).fillna("-")
     wide.columns = [labels[c] for c in wide.columns]
     return wide.reset_index()
 
 
+def _method_table(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per model-data pair, one column per method (Table 1)."""
+    table = _cells(table)
+    order = [m for m in METHOD_ORDER if m in set(table["method"])]
+    return _pivot(table, "method", METHOD_LABELS, order)
+
+
+def _distribution_table(table: pd.DataFrame) -> pd.DataFrame:
+    """One column per RBD direction distribution, SGD last (Table 2)."""
+    table = _cells(table)
+    table["column"] = np.where(table["method"] == "sgd", "sgd", table["distribution"])
+    labels = DISTRIBUTION_LABELS | {"sgd": "SGD"}
+    return _pivot(table, "column", labels, [d for d in labels if d in set(table["column"])])
+
+
 def _compression_table(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per pair and compression factor, with the number of trainable coordinates;
+    one column per method with gradient correlation; SGD (uncompressed) on every row
+    (Table 3)."""
+    table = _cells(table, corr=True)
     sgd = table[table["method"] == "sgd"].set_index("model-data")["cell"]
     sub = table[table["method"] != "sgd"].copy()
     sub["f"] = sub["compartments"].map(
@@ -337,6 +346,7 @@ def _step_text(row) -> str:
 
 def _bases_table(table: pd.DataFrame) -> pd.DataFrame:
     """One row per pair and d, one column per distribution, SGD (any d) on every row."""
+    table = _cells(table)
     table["cell"] = table["cell"] + [_step_text(row) for row in table.itertuples()]
     sgd = table[table["method"] == "sgd"].set_index("model-data")["cell"]
     sub = table[table["method"] != "sgd"]
@@ -354,25 +364,25 @@ def _bases_table(table: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
-CAPTIONS = {
-    "method_table": "validation accuracy (%) after the last epoch, mean ± std over seeds "
-    "(fraction of the SGD accuracy); 'paper' is the paper's value on the full data set "
-    "(Table 1, d = 250, 100 epochs) where it has one.",
-    "distribution_table": "RBD validation accuracy (%) per direction distribution, mean ± std "
-    "over seeds (fraction of SGD); 'paper' is the paper's Table 1 value (Gaussian only).",
-    "bases": "RBD validation accuracy (%) per direction distribution and d, mean ± std over "
-    "seeds (fraction of SGD), and the training time per step (median over epochs, mean over "
-    "seeds; in brackets the ratio to SGD's step on the same model and data).",
-    "compression_table": "validation accuracy (%) per compression factor D / sum d_k, mean ± std "
-    "over seeds (fraction of SGD) and the gradient correlation of the last epoch (corr: the "
-    "mean over parameter tensors of the cosine between update and gradient, the authors' "
-    "statistic); SGD trains all D parameters.",
+def _intrinsic_table(table: pd.DataFrame) -> pd.DataFrame:
+    from rbd.report.intrinsic import wide_intrinsic_table
+
+    return wide_intrinsic_table(table)
+
+
+# The wide-table builders a kind names (rbd.report.kinds.Kind.table).
+WIDE_TABLES = {
+    "method": _method_table,
+    "distribution": _distribution_table,
+    "compression": _compression_table,
+    "bases": _bases_table,
+    "intrinsic": _intrinsic_table,
 }
 
 
 def table_caption(experiment: str, kind: str, description: str | None = None) -> str:
     """The table's caption: what was run (one line: it is user text), then what a cell holds."""
-    return " ".join(f"{description or experiment}. {CAPTIONS[kind]}".split())
+    return " ".join(f"{description or experiment}. {kind_of(kind).caption}".split())
 
 
 def render(
@@ -386,7 +396,7 @@ def render(
     tex=None,
 ) -> None:
     """Write the table as a PDF page, a Markdown file and a LaTeX tabular."""
-    from rbd.train.io import write_text
+    from rbd.spec.io import write_text
 
     wide = wide_table(table, kind)
     text = table_caption(experiment, kind, description)
@@ -477,15 +487,16 @@ def experiment_table(paths, experiment: str, kind: str) -> pd.DataFrame:
     curves, switches and scaling (with the timing and byte columns); one row per
     run for dims and sweeps (the figures draw the mean and the band over seeds
     themselves)."""
-    from rbd.report.kinds import FIGURE_TABLE_KINDS, KINDS, TABLE_KINDS
+    tidy = kind_of(kind).tidy
+    if tidy == "intrinsic":
+        from rbd.report.intrinsic import intrinsic_runs
 
-    if kind not in KINDS:
-        raise ValueError(f"unknown experiment kind {kind!r}; choose one of {', '.join(KINDS)}")
-    if kind in TABLE_KINDS + FIGURE_TABLE_KINDS:
+        return intrinsic_runs(paths, experiment)
+    if tidy == "aggregate":
         return aggregate(load_runs(paths), experiment)
-    if kind == "scaling":
+    if tidy == "scaling":
         data = load_curves(paths, SCALING_COLUMNS)
-    elif kind in ("curves", "switch"):
+    elif tidy == "curves":
         data = load_curves(paths)
     else:
         data = load_runs(paths)

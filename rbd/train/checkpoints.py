@@ -12,15 +12,19 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from rbd.train.io import atomic_write
+from rbd.spec import CHECKPOINT, RUN_JSON, RunDirectoryError, RunSpec, TrainConfig
+from rbd.spec.io import atomic_write
 from rbd.train.progress import Progress, Setup
-from rbd.train.runs import CHECKPOINT, RUN_JSON, RunDirectoryError, RunSpec
-from rbd.train.settings import TrainConfig
 
 if TYPE_CHECKING:
-    from rbd.optim.distributed import Group
+    from rbd.optim.distributed import Workers
 
 log = logging.getLogger(__name__)
+
+
+# What a checkpoint holds and how it is laid out: 2 since its epoch sums are
+# `epoch_totals` and it names its format; a checkpoint without the format (1) is refused.
+CHECKPOINT_FORMAT = 2
 
 
 def save_torch(path: Path, obj) -> None:
@@ -47,12 +51,18 @@ def resume(setup: Setup) -> Progress:
     ckpt = _read_checkpoint(path)
     if ckpt is None:
         return Progress.start(setup.cfg.seed, setup.device, setup.rank)
+    if ckpt.get("format", 1) != CHECKPOINT_FORMAT:
+        raise RunDirectoryError(
+            f"{path} is in checkpoint format {ckpt.get('format', 1)}, written by another "
+            f"version of rbd; this one reads format {CHECKPOINT_FORMAT}: finish the run with "
+            "the rbd that started it, or delete the checkpoint to train it from the start"
+        )
     _check_same_run(setup.cfg, ckpt.get("spec", {}), path)
     setup.model.load_state_dict(ckpt["model"])
     for opt, state in zip(setup.optimizers, ckpt["optimizers"], strict=True):
         opt.load_state_dict(state)
     progress = Progress.from_checkpoint(ckpt, setup.device)
-    if setup.group is not None:
+    if setup.workers is not None:
         _resume_worker(progress, ckpt, setup.rank)
     log.info("resumed %s at epoch %d, batch %d", setup.out, progress.epoch + 1, progress.next_batch)
     return progress
@@ -70,15 +80,16 @@ def _resume_worker(progress: Progress, ckpt: dict, rank: int) -> None:
 def _save_checkpoint(setup: Setup, progress: Progress) -> None:
     """Write checkpoint.pt. Distributed: every worker must call it (its own streams and sums
     are gathered); worker 0 writes."""
-    workers = {}
-    if setup.group is not None:
-        workers = _worker_states(setup.group, progress)
-        if not setup.group.is_main:
+    gathered = {}
+    if setup.workers is not None:
+        gathered = _worker_states(setup.workers, progress)
+        if not setup.workers.is_main:
             return
     save_torch(
         setup.out / CHECKPOINT,
         {
-            **workers,
+            **gathered,
+            "format": CHECKPOINT_FORMAT,
             "spec": dataclasses.asdict(setup.cfg.spec),
             "model": setup.model.state_dict(),
             "optimizers": [opt.state_dict() for opt in setup.optimizers],
@@ -87,14 +98,14 @@ def _save_checkpoint(setup: Setup, progress: Progress) -> None:
     )
 
 
-def _worker_states(group: Group, progress: Progress) -> dict:
+def _worker_states(workers: Workers, progress: Progress) -> dict:
     """Every worker's augmentation stream and epoch sums, gathered, and the step count."""
     totals = progress.totals
     sums = [totals.loss, totals.correct, totals.seen]
     return {
         # One tensor per worker, each its own storage: set_state ignores a view's storage offset.
-        "aug_states": [s.clone() for s in group.all_gather(progress.aug_gen.get_state()).cpu()],
-        "worker_acc": [s.clone() for s in group.all_gather(torch.tensor(sums).double())],
+        "aug_states": [s.clone() for s in workers.all_gather(progress.aug_gen.get_state()).cpu()],
+        "worker_acc": [s.clone() for s in workers.all_gather(torch.tensor(sums).double())],
         "checkpoint_steps": progress.checkpoint_steps,
     }
 
@@ -110,7 +121,7 @@ class Checkpoints:
         self.last = time.monotonic()
 
     def due(self, progress: Progress) -> bool:
-        if self.setup.group is None:
+        if self.setup.workers is None:
             return time.monotonic() - self.last > self.every_s
         steps = progress.checkpoint_steps
         return bool(steps) and progress.next_batch % steps == 0

@@ -45,14 +45,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DATASETS = ("mnist5k", "mnist", "fashion_mnist", "cifar10")
-INPUT_SHAPES = {
-    "mnist5k": (1, 28, 28),
-    "mnist": (1, 28, 28),
-    "fashion_mnist": (1, 28, 28),
-    "cifar10": (3, 32, 32),
-}
-NUM_CLASSES = 10
+from rbd.spec.errors import UserError
+from rbd.spec.facts import DATASET_FACTS, NUM_CLASSES
+
+DATASETS = tuple(DATASET_FACTS)
+INPUT_SHAPES = {name: facts.input_shape for name, facts in DATASET_FACTS.items()}
 # The split is a property of the data set, not of the run: every seed sees the same split.
 SPLIT_SEED = 20201109
 MNIST5K_VAL_PER_CLASS = 100
@@ -62,11 +59,8 @@ VAL_SIZE = 10_000
 DATA_DIR_ENV = "RBD_DATA_DIR"
 DEFAULT_DATA_DIR = Path("resources/data")
 
-# name -> torchvision.datasets class name; the classes are imported lazily.
-_TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 
-
-class RbdDataError(Exception):
+class RbdDataError(UserError):
     """A data set cannot be used as it is on disk."""
 
 
@@ -96,7 +90,7 @@ def _check_name(name: str) -> None:
 def _torchvision_class(name: str):
     from torchvision import datasets
 
-    return getattr(datasets, _TORCHVISION_CLASSES[name])
+    return getattr(datasets, DATASET_FACTS[name].torchvision_class)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:

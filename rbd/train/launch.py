@@ -2,7 +2,7 @@
 
 Above the training loop: `launch` starts (or joins) the process group and calls
 `rbd.train.loop.train` in every worker, so that `rbd.optim.distributed` holds only the
-optimiser and the process group, and `rbd.train.loop` never imports this module.
+optimiser and its workers, and `rbd.train.loop` never imports this module.
 """
 
 from __future__ import annotations
@@ -16,10 +16,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from rbd.optim.distributed import Group, check_config, under_torchrun
+from rbd.optim.distributed import Workers
+from rbd.spec import RUN_JSON
 from rbd.train.loop import train
-from rbd.train.runs import RUN_JSON
 from rbd.train.settings import check_settings, resolve_device
+
+
+def under_torchrun() -> bool:
+    """Whether torchrun started this process (as one of its workers)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def launch(cfg, out_dir) -> dict:
@@ -30,8 +35,9 @@ def launch(cfg, out_dir) -> dict:
     are spawned and joined here (if one fails, the others are stopped and the
     error is raised here). Backend: NCCL on CUDA, gloo on CPU.
     """
-    check_config(cfg)
     check_settings(cfg)
+    if cfg.workers is None:
+        raise ValueError("workers: launch trains a distributed run; set workers (>= 1)")
     if under_torchrun():
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         if world != cfg.workers:
@@ -40,11 +46,11 @@ def launch(cfg, out_dir) -> dict:
         device = _worker_device(cfg.device, local)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         try:
-            return train(cfg, out_dir, group=Group(rank, world, device))
+            return train(cfg, out_dir, workers=Workers(rank, world, device))
         finally:
             dist.destroy_process_group()
     if cfg.workers == 1:
-        return train(cfg, out_dir, group=Group(0, 1, resolve_device(cfg.device)))
+        return train(cfg, out_dir, workers=Workers(0, 1, resolve_device(cfg.device)))
 
     import json
 
@@ -102,6 +108,6 @@ def _spawned(rank: int, cfg, out_dir: str, store: str, level: int) -> None:
         world_size=cfg.workers,
     )
     try:
-        train(cfg, out_dir, group=Group(rank, cfg.workers, device))
+        train(cfg, out_dir, workers=Workers(rank, cfg.workers, device))
     finally:
         dist.destroy_process_group()

@@ -3,7 +3,7 @@
 One call of `train(config, out_dir)` is one run. It resumes from
 `out_dir/checkpoint.pt` when one is there, records a diverged run instead of
 crashing, and writes `metrics.csv` and `run.json` only when the run has ended.
-With `group` (one worker of a distributed run, see `rbd.optim.distributed`) the
+With `workers` (one worker of a distributed run, see `rbd.optim.distributed`) the
 same loop runs in every worker on its share of each global batch; worker 0
 writes the outputs.
 """
@@ -26,24 +26,18 @@ import torch.nn.functional as F
 from rbd import __version__
 from rbd.optim import build_optimizer
 from rbd.optim.seeded import SeededOptimizer
+from rbd.spec import CHECKPOINT, METRICS, RUN_JSON, TrainConfig, method_options
+from rbd.spec.io import run_lock, write_json, write_text
 from rbd.train.checkpoints import Checkpoints, finished_record, resume
 from rbd.train.data import Augmentation, Splits, load_dataset, preprocess
-from rbd.train.io import run_lock, write_json, write_text
 from rbd.train.models import build_model
 from rbd.train.progress import SUMMARISED_STATS, EpochStats, Progress, Setup
-from rbd.train.runs import CHECKPOINT, METRICS, RUN_JSON
-from rbd.train.settings import (
-    Phase,
-    TrainConfig,
-    check_settings,
-    method_options,
-    phases,
-    resolve_device,
-)
+from rbd.train.settings import Phase, check_settings, phases, resolve_device
 from rbd.train.steps import step_times, take_step
+from rbd.train.workers import check_identical, shard, sync_buffers
 
 if TYPE_CHECKING:
-    from rbd.optim.distributed import Group
+    from rbd.optim.distributed import Workers
 
 log = logging.getLogger(__name__)
 
@@ -99,22 +93,22 @@ def _csv_value(value) -> str:
     return str(value)
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, group=None) -> dict:
+def train(cfg: TrainConfig, out_dir: str | Path, workers=None) -> dict:
     """Run (or resume, or skip if finished) one training run; return its run.json record.
 
-    ``group``: this process's `rbd.optim.distributed.Group` when it is one of W
+    ``workers``: this process's `rbd.optim.distributed.Workers` when it is one of W
     workers (`rbd.train.launch.launch` passes it); None for a plain run. The
     run directory is locked for the run (worker 0 holds the lock).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if group is not None and not group.is_main:
-        return _train(cfg, out, group)
+    if workers is not None and not workers.is_main:
+        return _train(cfg, out, workers)
     with run_lock(out):
-        return _train(cfg, out, group)
+        return _train(cfg, out, workers)
 
 
-def _train(cfg: TrainConfig, out: Path, group: Group | None) -> dict:
+def _train(cfg: TrainConfig, out: Path, workers: Workers | None) -> dict:
     """`train` inside the run directory: set up, resume, train epoch by epoch, record."""
     if cfg.overwrite:
         for name in (RUN_JSON, METRICS, CHECKPOINT):
@@ -123,15 +117,15 @@ def _train(cfg: TrainConfig, out: Path, group: Group | None) -> dict:
         return finished_record(cfg, out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = group.device if group is not None else resolve_device(cfg.device)
+    device = workers.device if workers is not None else resolve_device(cfg.device)
     check_settings(cfg)
     data = _load_data(cfg, device)
     torch.manual_seed(cfg.seed)
     model = _on_device(build_model(cfg.model, tuple(data.train_x.shape[1:]), init=cfg.init), device)
     schedule = phases(cfg)
-    optimizers = _build_optimizers(model, schedule, cfg, group)
+    optimizers = _build_optimizers(model, schedule, cfg, workers)
     augmentation = Augmentation(cfg.dataset) if cfg.augment else None
-    setup = Setup(cfg, out, group, device, data, model, schedule, optimizers, augmentation)
+    setup = Setup(cfg, out, workers, device, data, model, schedule, optimizers, augmentation)
     progress = resume(setup)
 
     checkpoints = Checkpoints(setup)
@@ -143,7 +137,7 @@ def _train(cfg: TrainConfig, out: Path, group: Group | None) -> dict:
         status = _train_epoch(setup, progress, phase, optimizer, permutation, checkpoints)
         if status != STATUS_DONE:
             break
-        if group is not None:
+        if workers is not None:
             _epoch_totals_over_workers(setup, progress)
             checkpoints.set_steps(progress)
         row = _epoch_row(setup, progress, phase, optimizer)
@@ -155,7 +149,7 @@ def _train(cfg: TrainConfig, out: Path, group: Group | None) -> dict:
         checkpoints.save(progress)
 
     record = _final_record(setup, progress, status)
-    if group is not None and not group.is_main:
+    if workers is not None and not workers.is_main:
         return record
     if status == STATUS_DONE and data.test_x is not None:
         record |= _test_scores(setup)
@@ -195,10 +189,10 @@ def _on_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return model
 
 
-def _build_optimizers(model, schedule: list[Phase], cfg: TrainConfig, group) -> list:
+def _build_optimizers(model, schedule: list[Phase], cfg: TrainConfig, workers) -> list:
     """One optimiser per phase (two when switching); distributed RBD's in a distributed run."""
-    if group is not None:
-        return [_distributed_optimizer(model, cfg, group) for _ in schedule]
+    if workers is not None:
+        return [_distributed_optimizer(model, cfg, workers) for _ in schedule]
     return [
         build_optimizer(
             p.method,
@@ -252,7 +246,7 @@ def _train_epoch(
         count = min(per_update, setup.num_batches - progress.next_batch)
         batches = _minibatches(setup, permutation, progress.next_batch, count, progress.aug_gen)
         loss, correct, seen = take_step(setup.model, optimizer, batches, offspring, cfg.l2)
-        if setup.group is not None:
+        if setup.workers is not None:
             # All workers see the same gathered coordinates, hence agree.
             loss = math.nan if optimizer.diverged else loss
             stats.add(step_times(optimizer.stats, time.perf_counter() - step_start))
@@ -293,8 +287,8 @@ def _minibatches(
     batches = []
     for b in range(first, first + count):
         idx = permutation[b * setup.global_batch : (b + 1) * setup.global_batch]
-        if setup.group is not None:
-            idx = setup.group.shard(idx)
+        if setup.workers is not None:
+            idx = shard(setup.workers, idx)
         x, y = setup.data.train_x[idx], setup.data.train_y[idx]
         if setup.augmentation is not None:
             x = setup.augmentation(x, aug_gen)
@@ -305,13 +299,13 @@ def _minibatches(
 def _epoch_totals_over_workers(setup: Setup, progress: Progress) -> None:
     """A distributed epoch's end: batch norm's buffers made equal and the parameters checked
     equal on every worker; the epoch's sums totalled over workers, its seconds worker 0's."""
-    group, totals = setup.group, progress.totals
-    group.sync_buffers(setup.model)
-    group.check_identical(setup.model, progress.epoch + 1)
+    workers, totals = setup.workers, progress.totals
+    sync_buffers(workers, setup.model)
+    check_identical(workers, setup.model, progress.epoch + 1)
     mine = [totals.loss, totals.correct, totals.seen, totals.seconds]
-    sums = group.all_gather(torch.tensor(mine, dtype=torch.float64, device=setup.device))
+    sums = workers.all_gather(torch.tensor(mine, dtype=torch.float64, device=setup.device))
     loss_sum, correct, seen = sums[:, :3].sum(0).tolist()
-    # Floats from the gathered sums, counts included, as before this was a class.
+    # Floats from the gathered sums, counts included.
     totals.loss, totals.correct, totals.seen = loss_sum, correct, seen
     totals.seconds = float(sums[0, 3])
 
@@ -336,7 +330,7 @@ def _epoch_row(setup: Setup, progress: Progress, phase: Phase, optimizer) -> dic
         "seconds": seconds,
         "images_per_s": seen / seconds if seconds > 0 else math.nan,
     }
-    if setup.group is not None:
+    if setup.workers is not None:
         row |= _distributed_columns(optimizer, stats, setup.world, setup.num_params)
     return row
 
@@ -368,7 +362,7 @@ def _final_record(setup: Setup, progress: Progress, status: str) -> dict:
         "versions": library_versions(),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    if setup.group is not None:
+    if setup.workers is not None:
         record |= {
             "workers": setup.world,
             "bytes_per_step": setup.optimizers[-1].bytes_per_step,
@@ -390,13 +384,13 @@ def _test_scores(setup: Setup) -> dict:
     return {"test_loss": test_loss, "test_acc": test_acc}
 
 
-def _distributed_optimizer(model, cfg: TrainConfig, group):
+def _distributed_optimizer(model, cfg: TrainConfig, workers):
     from rbd.optim.distributed import DistributedRBD
 
     return DistributedRBD(
         model.parameters(),
-        group,
-        bases=cfg.bases,
+        workers,
+        sharing=cfg.sharing,
         combine=cfg.combine,
         loss_limit=cfg.divergence_loss,
         lr=cfg.lr,

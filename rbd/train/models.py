@@ -8,11 +8,8 @@ import math
 import torch
 from torch import nn
 
-MODELS = ("fc", "cnn", "resnet8", "fc2x200", "lenet")
-# "glorot": Glorot-uniform weights and zero biases, the Keras defaults the authors'
-# TensorFlow models train from; "torch": PyTorch's own layer defaults; "he_normal": Keras's
-# he_normal weights and zero biases, Li et al.'s (intrinsic_dim/model_builders.py).
-INITS = ("glorot", "torch", "he_normal")
+from rbd.spec.choices import INITS, MODELS
+
 # Keras's truncated normal keeps draws within two standard deviations.
 TRUNCATION_STDS = 2.0
 

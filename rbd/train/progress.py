@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from rbd.spec import TrainConfig
 from rbd.train.data import Augmentation, Splits
 from rbd.train.models import count_params
-from rbd.train.settings import Phase, TrainConfig
+from rbd.train.settings import Phase
 
 if TYPE_CHECKING:
-    from rbd.optim.distributed import Group
+    from rbd.optim.distributed import Workers
 
 
 class EpochStats:
@@ -58,11 +59,11 @@ SUMMARISED_STATS = ("grad_corr", "grad_corr_tensors", "coord_mean", "coord_std")
 @dataclass(frozen=True)
 class Setup:
     """What a run trains with, fixed once built: its settings, data, model, an optimiser
-    per phase, and the process group of a distributed run (None for a plain run)."""
+    per phase, and the workers of a distributed run (None for a plain run)."""
 
     cfg: TrainConfig
     out: Path
-    group: Group | None
+    workers: Workers | None
     device: torch.device
     data: Splits
     model: torch.nn.Module
@@ -72,11 +73,11 @@ class Setup:
 
     @property
     def rank(self) -> int:
-        return self.group.rank if self.group is not None else 0
+        return self.workers.rank if self.workers is not None else 0
 
     @property
     def world(self) -> int:
-        return self.group.size if self.group is not None else 1
+        return self.workers.size if self.workers is not None else 1
 
     @property
     def num_params(self) -> int:
@@ -94,8 +95,8 @@ class Setup:
 
 @dataclass
 class EpochTotals:
-    """The current epoch's sums so far. A checkpoint holds them as the dict ``as_dict``
-    gives (its format since before this class: ``epoch_acc``)."""
+    """The current epoch's sums so far; a checkpoint holds them as the dict ``as_dict``
+    gives (``epoch_totals``)."""
 
     loss: float = 0.0  # minibatch losses times their images
     correct: int = 0
@@ -109,7 +110,6 @@ class EpochTotals:
 
     @classmethod
     def from_dict(cls, saved: dict) -> EpochTotals:
-        # Over the defaults: a checkpoint written before a counter existed resumes.
         return cls(**saved)
 
 
@@ -151,7 +151,7 @@ class Progress:
             elapsed=ckpt["elapsed"],
             rows=ckpt["rows"],
             resumes=ckpt["resumes"] + 1,
-            totals=EpochTotals.from_dict(ckpt["epoch_acc"]),
+            totals=EpochTotals.from_dict(ckpt["epoch_totals"]),
         )
 
     def to_checkpoint(self) -> dict:
@@ -163,7 +163,7 @@ class Progress:
             "next_batch": self.next_batch,
             "elapsed": self.elapsed,
             "rows": self.rows,
-            "epoch_acc": self.totals.as_dict(),
+            "epoch_totals": self.totals.as_dict(),
             "resumes": self.resumes,
         }
 

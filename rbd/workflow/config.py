@@ -15,7 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from rbd.train.runs import RunSpec, run_problems
+from rbd.report.kinds import KINDS
+from rbd.spec import NO_DISTRIBUTION, ConfigError, RunSpec, run_problems
+from rbd.spec.run import grid_keys, reads, scalar_keys
 
 DEFAULT_SCHEMA = Path("config/schemas/config.schema.yaml")
 _POWER_OF_TWO = re.compile(r"^\s*2\s*\^\s*(-?\d+)\s*$")
@@ -24,47 +26,15 @@ _POWER_OF_TWO = re.compile(r"^\s*2\s*\^\s*(-?\d+)\s*$")
 # by its IPU replicas too, 1 in every experiment of the paper; the distributed model,
 # models/rbd_dist.py, by the batch size only, which is what our workers follow).
 _BASE_RATE = re.compile(r"^\s*base_learning_rate\(\s*2\s*(?:\^|\*\*)\s*(-?\d+)\s*\)\s*$")
-# Experiment keys that hold lists to take the product over, and the RunSpec field each feeds.
-GRID_KEYS = {
-    "methods": "method",
-    "models": "model",
-    "datasets": "dataset",
-    "dims": "dim",
-    "distributions": "distribution",
-    "seeds": "seed",
-    "compartments": "compartments",
-    "switches": "switch",
-    "lrs": "lr",
-    "workers": "workers",
-    "bases": "bases",
-}
+# Experiment keys that hold lists to take the product over, and the RunSpec field each
+# feeds; the scalar settings an experiment may override (the same keys form `defaults`):
+# both from rbd.spec's field metadata.
+GRID_KEYS = grid_keys()
+SCALAR_KEYS = scalar_keys()
 # The config key that sets each RunSpec field given as a list (errors name it).
 _CONFIG_KEY = {field: key for key, field in GRID_KEYS.items()}
-# Scalar settings an experiment may override; the same keys form `defaults`.
-SCALAR_KEYS = (
-    "epochs",
-    "batch_size",
-    "normalize",
-    "augment",
-    "init",
-    "nes_sigma",
-    "nes_batches",
-    "nes_normalize",
-    "compartment_scale",
-    "even_dims",
-    "fpd_offset",
-    "combine",
-)
-# Settings only NES reads: other methods' runs keep the defaults, so they stay shared.
-NES_KEYS = ("nes_sigma", "nes_batches", "nes_normalize")
 # Settings that only matter with compartments (RBD and FPD): dropped without them.
 COMPARTMENT_KEYS = ("compartment_scale", "even_dims")
-# Kinds left out of the default target (opt-in: they are sweeps, not results).
-OPT_IN_KINDS = ("lr_sweep",)
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the key."""
 
 
 def parse_lr(value, key: str = "lr", *, batch_size: int | None = None) -> float:
@@ -109,7 +79,13 @@ def validate_config(config: dict, schema: dict | str | Path = DEFAULT_SCHEMA) ->
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.path), list(e.path)))
     if errors:
         raise ConfigError(_describe(errors[0]))
-    for name in config.get("experiments", {}):
+    for name, exp in config.get("experiments", {}).items():
+        missing = [m for m in KINDS[exp["kind"]].requires if m not in exp["methods"]]
+        if missing:
+            raise ConfigError(
+                f"config key experiments.{name}.methods: an experiment of kind "
+                f"{exp['kind']!r} needs {missing} too (its baseline); add them"
+            )
         runs = expand_experiment(config, name)
         for spec in runs:
             _check_run(spec, f"experiments.{name}")
@@ -196,23 +172,25 @@ def expand_experiment(config: dict, name: str) -> list[RunSpec]:
     for values in itertools.product(*grid.values()):
         settings = dict(zip(grid, values, strict=True)) | scalars
         method, model, dataset = settings["method"], settings["model"], settings["dataset"]
+        # A setting given per method ({method: value}): this method's value, else the default.
+        settings = {
+            k: v.get(method, getattr(RunSpec, k)) if isinstance(v, dict) else v
+            for k, v in settings.items()
+        }
         scale = {"batch_size": settings.get("batch_size", RunSpec.batch_size)}
         rates = _sweep_rates(exp, method, name, scale) or [
             learning_rate(config, method, model, dataset, **scale)
         ]
+        # Settings the method does not read keep their defaults (rbd.spec's `methods`).
+        settings = {k: v for k, v in settings.items() if reads(method, k)}
         if method == "sgd":
-            # The subspace settings do not apply; one SGD run serves every dim/distribution.
-            settings |= {"dim": 0, "distribution": "none", "compartments": "none"}
-            settings["switch"] = "none"
-        if method != "nes":
-            settings = {k: v for k, v in settings.items() if k not in NES_KEYS}
-        if method not in ("rbd", "fpd") or settings.get("compartments", "none") == "none":
+            # One SGD run serves every dim and distribution.
+            settings |= {"dim": 0, "distribution": NO_DISTRIBUTION}
+        if settings.get("compartments", "none") == "none":
             settings = {k: v for k, v in settings.items() if k not in COMPARTMENT_KEYS}
-        if method != "fpd":
-            settings.pop("fpd_offset", None)
-        if method == "sgd" or settings.get("workers") is None:
-            # Bases and combining only exist with workers; SGD is never distributed.
-            settings |= {"workers": None, "bases": "worker", "combine": "sum"}
+        if settings.get("workers") is None:
+            # Sharing and combining only exist with workers.
+            settings = {k: v for k, v in settings.items() if k not in ("sharing", "combine")}
         if settings.get("switch", "none") != "none":
             settings["sgd_lr"] = learning_rate(config, "sgd", model, dataset, **scale)
         runs += [RunSpec(**settings, lr=lr) for lr in rates]
@@ -223,7 +201,7 @@ def in_default_target(config: dict, name: str) -> bool:
     """Whether experiment `name` belongs to the default target: not a sweep (an opt-in
     kind) and not marked `opt_in: true` (verification runs, for example)."""
     exp = _experiment(config, name)
-    return exp["kind"] not in OPT_IN_KINDS and not exp.get("opt_in", False)
+    return not KINDS[exp["kind"]].opt_in and not exp.get("opt_in", False)
 
 
 def experiment_runs(config: dict) -> dict[str, list[RunSpec]]:
@@ -259,6 +237,15 @@ def resolve_preset(config: dict, config_dir: str | Path) -> dict:
     name = str(config.get("preset", "paper"))
     base = yaml.safe_load(preset_path(name, config_dir).read_text()) or {}
     return _merge(base, config)
+
+
+def resolve_config(config: dict, root: str | Path) -> dict:
+    """The configuration a Snakemake call asked for, resolved (`resolve_preset`) and
+    validated, with every default filled in: the one call the Snakefile makes. ``root``:
+    the checkout (its config/ and config/schemas/)."""
+    resolved = copy.deepcopy(resolve_preset(config, Path(root) / "config"))
+    validate_config(resolved, Path(root) / DEFAULT_SCHEMA)
+    return resolved
 
 
 def load_config_files(paths, config_dir: str | Path = DEFAULT_SCHEMA.parent.parent) -> dict:

@@ -10,18 +10,11 @@ from __future__ import annotations
 
 import math
 
-from rbd.train.runs import RunSpec
-from rbd.train.sizes import num_params
+from rbd.spec import DATASET_FACTS, MODEL_FACTS, RunSpec, num_params
 
-# Training images per epoch (the validation split carved out of the training set).
-TRAIN_IMAGES = {"mnist5k": 4_000, "mnist": 50_000, "fashion_mnist": 50_000, "cifar10": 40_000}
 # Seconds per step of 32 images for the model's forward and backward pass (with
-# augmentation and the optimiser's bookkeeping). CPU: one thread of a 2-core machine,
-# measured for fc (2-3 s per MNIST epoch); cnn and resnet8 scaled by their FLOPs.
-MODEL_STEP_S = {
-    "cpu": {"fc": 2e-3, "cnn": 2e-2, "resnet8": 5e-2},
-    "cuda": {"fc": 1e-3, "cnn": 2e-3, "resnet8": 5e-3},
-}
+# augmentation and the optimiser's bookkeeping) are rbd.spec.facts's ModelFacts.step_seconds
+# (CPU: one thread of a 2-core machine); training images per epoch its DatasetFacts.
 # Seconds per direction entry per step (d x D of them) for RBD and FPD: measured on CPU
 # with the compiled kernels (fc, d = 250: 21 ms per step on a quiet core, 40-60 ms on a
 # shared 2-core machine; a limit errs long); on a GPU generation and both products are
@@ -39,7 +32,7 @@ def device_type(device: str) -> str:
 def estimated_step_seconds(spec: RunSpec, device: str = "cpu") -> float:
     """Estimated seconds per minibatch of `spec` on `device`."""
     kind = device_type(device)
-    seconds = MODEL_STEP_S[kind][spec.model] * spec.batch_size / 32
+    seconds = MODEL_FACTS[spec.model].step_seconds[kind] * spec.batch_size / 32
     if spec.method in ("rbd", "fpd"):
         seconds += spec.dim * num_params(spec.model, spec.dataset) * DIRECTION_S[kind]
     return seconds
@@ -47,7 +40,7 @@ def estimated_step_seconds(spec: RunSpec, device: str = "cpu") -> float:
 
 def training_seconds(spec: RunSpec, device: str = "cpu") -> float:
     """Estimated seconds of training steps: epochs x steps per epoch x step time."""
-    steps = spec.epochs * math.ceil(TRAIN_IMAGES[spec.dataset] / spec.batch_size)
+    steps = spec.epochs * math.ceil(DATASET_FACTS[spec.dataset].train_images / spec.batch_size)
     return steps * estimated_step_seconds(spec, device)
 
 

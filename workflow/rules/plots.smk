@@ -1,4 +1,5 @@
-# Figures from the tidy tables, the paper beside ours, and the best rates of a sweep.
+# Every experiment's figure from its tidy table (a table kind's is its table drawn as a
+# page), the paper beside ours, and the best rates of a sweep.
 
 
 # Small jobs: they run on the machine that runs Snakemake, never in a cluster queue.
@@ -27,12 +28,12 @@ rule plot_figure:
     log:
         "logs/plots/{experiment}.log",
     wildcard_constraints:
-        experiment=one_of(FIGURE_EXPERIMENTS),
+        experiment=one_of(EXPERIMENT_KINDS),
     conda:
         "../envs/tables.yaml"
     params:
         python=PYTHON,
-        kind=lambda wildcards: KINDS[wildcards.experiment],
+        kind=lambda wildcards: EXPERIMENT_KINDS[wildcards.experiment],
         description=lambda wildcards: description(wildcards.experiment),
         caption=lambda wildcards: rst_escape(description(wildcards.experiment)),
         n_runs=lambda wildcards: len(RUNS[wildcards.experiment]),

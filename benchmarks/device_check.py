@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from rbd import BASES_VERSION
 from rbd.bases import native
 from rbd.bases.distributions import STRUCTURED
 from rbd.bases.projection import expand, generate_directions, project
+from rbd.spec import BASES_VERSION
 
 # Float rounding, for what may differ by it: structured rows, their largest difference
 # relative to the reference's largest value (transforms of O(log N) additions);

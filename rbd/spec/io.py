@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from rbd.train.runs import RunDirectoryError
+from rbd.spec.errors import RunDirectoryError
 
 LOCK_FILE = ".rbd-lock"
 log = logging.getLogger(__name__)
