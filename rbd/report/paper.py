@@ -49,8 +49,7 @@ TABLE3_FRAC_SGD = {("resnet8", "cifar10", "rbd", "compression:10"): 0.84}
 
 
 # A cell of ours is "off" the paper's when it lies more than 2 paper standard
-# deviations or 1.5 points from the paper's mean, whichever is larger (README, "How
-# the results compare with the paper").
+# deviations or 1.5 points from the paper's mean, whichever is larger (docs/results.md).
 OFF_STDS = 2.0
 OFF_POINTS = 1.5
 

@@ -104,7 +104,10 @@ class RunSpec:
         help="direction distribution (SGD: none)", choices=DISTRIBUTIONS + (NO_DISTRIBUTION,),
         grid="distributions", cli_default="gaussian",
     )  # fmt: skip
-    lr: float = setting(help="learning rate: a number or 2^k", kind="lr", grid="lrs")
+    lr: float = setting(
+        help="learning rate: a number, 2^k, or base_learning_rate(2^k): the authors' "
+        "notation, 2^k x batch size", kind="lr", grid="lrs",
+    )  # fmt: skip
     epochs: int = setting(help="epochs", kind="positive_int", cli_default=5, grid=None)
     seed: int = setting(help="run seed", kind="non_negative_int", grid="seeds", cli_default=0)
     batch_size: int = setting(32, help="minibatch size", kind="positive_int")
