@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_optim import batch, small_model
 from torch import nn
 
 from rbd.bases import direction_seed, generate_directions, step_seeds
@@ -19,6 +18,7 @@ from rbd.optim import FPD, NES, RBD, compartment_ranges
 from rbd.train.loop import train
 from rbd.train.settings import TrainConfig
 from rbd.workflow.config import expand_experiment, learning_rate, parse_lr
+from tests.helpers import batch, small_model
 
 PAPER = yaml.safe_load(open("config/config.yaml"))
 

@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import yaml
-from conftest import ROOT, run_rbd
 
 from rbd.workflow.config import (
     ConfigError,
@@ -18,6 +17,7 @@ from rbd.workflow.config import (
     parse_lr,
     validate_config,
 )
+from tests.helpers import ROOT, run_rbd
 
 QUICK = yaml.safe_load((ROOT / "config/quick.yaml").read_text())
 PAPER = yaml.safe_load((ROOT / "config/config.yaml").read_text())

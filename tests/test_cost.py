@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-import shlex
 
 import pytest
-from test_workflow import _train_resources, snakemake
 
 from rbd.train.runs import RunSpec
 from rbd.train.sizes import NUM_PARAMS
 from rbd.workflow.cost import OVERHEAD_MIN, runtime_minutes
+from tests.helpers import _sbatch_line, _train_resources, snakemake
 
 
 def spec(**changes):
@@ -65,7 +64,7 @@ def test_the_workflow_requests_the_estimate(tmp_path):
 def test_small_jobs_are_local_rules_and_training_is_not():
     """Tables, figures, picking rates and downloads run where Snakemake runs; on SLURM
     only training jobs queue."""
-    from conftest import ROOT
+    from tests.helpers import ROOT
 
     rules, local = set(), set()
     for path in (ROOT / "workflow/rules").glob("*.smk"):
@@ -75,31 +74,6 @@ def test_small_jobs_are_local_rules_and_training_is_not():
             local |= set(re.findall(r"\w+", block))
     assert "train" in rules and "train" not in local
     assert local == rules - {"train"}
-
-
-class _Resources(dict):
-    __getattr__ = dict.__getitem__
-
-
-def _sbatch_line(resources: dict, threads: int) -> str:
-    """The sbatch command the installed SLURM plugin builds for a job with these resources."""
-    from types import SimpleNamespace
-
-    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
-    from snakemake_executor_plugin_slurm.utils import set_gres_string
-
-    numbers = {k: int(v) if v.isdigit() else v for k, v in resources.items() if k != "threads"}
-    job = SimpleNamespace(resources=_Resources(numbers), threads=threads)
-    # account and partition as the executor adds them when a resource names them (its
-    # get_account_arg / get_partition_arg; without one it asks SLURM, not here)
-    account, partition = (
-        f" {flag} {shlex.quote(str(numbers[key]))}" if numbers.get(key) else ""
-        for flag, key in (("-A", "slurm_account"), ("-p", "slurm_partition"))
-    )
-    params = dict(run_uuid="u", slurm_logfile="log", comment_str="c", account=account,
-                  partition=partition, workdir=None)  # fmt: skip
-    # as the plugin submits a job: the command, then its GPU request
-    return get_submit_command(job, params) + set_gres_string(job)
 
 
 def test_gpu_train_jobs_get_sbatch_flags_srun_accepts(tmp_path):

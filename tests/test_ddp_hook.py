@@ -13,11 +13,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import ROOT
 from torch.nn.parallel import DistributedDataParallel
 
 from rbd.bases import generate_directions, step_seeds
 from rbd.optim.ddp_hook import RBDHookState, rbd_hook
+from tests.helpers import ROOT
 
 WORKERS, STEPS, BATCH, DIM, SEED, LR = 2, 10, 8, 6, 11, 0.2
 # 100 bytes: DDP closes a bucket once it holds 25 floats, so the model's four

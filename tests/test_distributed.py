@@ -16,7 +16,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import run_rbd
 
 import rbd.train.steps as steps_module
 from rbd.bases import expand, project, step_seeds
@@ -26,6 +25,7 @@ from rbd.train.launch import launch
 from rbd.train.loop import EPOCH_TIME_COLUMNS, train
 from rbd.train.models import build_model
 from rbd.train.settings import TrainConfig
+from tests.helpers import run_rbd
 
 WORKERS, DIM, LR, SEED, STEPS, BATCH = 2, 40, 4.0, 5, 3, 16
 MODES = (("worker", "sum"), ("split", "sum"), ("shared", "mean"))

@@ -39,9 +39,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
-from test_cost import _sbatch_line
-from test_workflow import _train_resources
+
+from tests.helpers import ROOT, _sbatch_line, _train_resources
 
 DOCS = ["README.md", "config/README.md", *sorted(p.relative_to(ROOT).as_posix()
                                                 for p in (ROOT / "docs").glob("*.md"))]  # fmt: skip

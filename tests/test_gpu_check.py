@@ -12,9 +12,9 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT
 
 from rbd.bases import DENSE, DISTRIBUTIONS, device_check
+from tests.helpers import ROOT
 
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 _spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)

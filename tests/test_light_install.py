@@ -11,9 +11,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from tests.helpers import ROOT
 
 # What only the workflow extra brings, beyond the train extra.
 WORKFLOW_ONLY = ("snakemake", "pandas", "seaborn", "matplotlib", "jsonschema")

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, run_rbd
 
 from rbd.train import data
+from tests.helpers import ROOT, run_rbd
 
 SHARED = Path(
     os.environ.get("RBD_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared/data"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from rbd.bases import direction_seed, generate_directions, project
+from rbd.bases import generate_directions, project
 from rbd.optim import (
     FPD,
     METHODS,
@@ -19,33 +19,11 @@ from rbd.optim import (
     compartment_ranges,
     module_loss,
 )
-
-
-def small_model(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 3))
-
-
-def batch(seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(16, 12, generator=gen), torch.randint(0, 3, (16,), generator=gen)
-
-
-def loss_of(model, x, y):
-    return nn.functional.cross_entropy(model(x), y)
-
-
-def flat_params(model):
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+from tests.helpers import batch, dense_phi, flat_params, loss_of, small_model
 
 
 def flat_grad(model):
     return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
-
-
-def dense_phi(seed, step, compartment, dim, size, distribution="gaussian", worker=0):
-    seeds = [direction_seed(seed, step, compartment, worker, i) for i in range(dim)]
-    return generate_directions(seeds, size, distribution).double()
 
 
 def test_methods_and_sgd():

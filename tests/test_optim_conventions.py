@@ -12,10 +12,10 @@ from collections import Counter
 
 import pytest
 import torch
-from test_optim import batch, dense_phi, flat_params, loss_of, small_model
 from torch import nn
 
 from rbd.optim import FPD, NES, RBD, module_loss
+from tests.helpers import batch, dense_phi, flat_params, loss_of, small_model
 
 
 def layers(model):

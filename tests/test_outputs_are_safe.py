@@ -12,11 +12,11 @@ import sys
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, run_rbd
 
 from rbd.report.tables import markdown_escape, render, rst_escape
 from rbd.train import io
 from rbd.workflow.config import experiment_runs
+from tests.helpers import ROOT, run_rbd
 
 NASTY = "50% <b>*bold*</b> | `x` [a](b) $(touch pwned); rm -rf nowhere \\end{tabular}\nnext"
 

@@ -6,7 +6,8 @@ import re
 import tomllib
 
 import yaml
-from conftest import ROOT
+
+from tests.helpers import ROOT
 
 
 def _split(requirement: str) -> tuple[str, str]:

@@ -13,12 +13,11 @@ import re
 
 import numpy as np
 import pytest
-from conftest import ROOT
-from test_tables import is_pdf
 
 from rbd.cli import main
 from rbd.report.comparison import comparison_cells, read_comparison
 from rbd.report.plots import OFF_GID, plot_paper_vs_ours
+from tests.helpers import ROOT, is_pdf
 
 COMMITTED = ROOT / "docs/verification/full_protocol.csv"
 HEADER = (

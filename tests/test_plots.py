@@ -8,15 +8,14 @@ import sys
 
 import pytest
 import yaml
-from conftest import ROOT, run_rbd
 from matplotlib.figure import Figure
-from test_tables import _timed, is_pdf, make_run
 
 from rbd.report.kinds import FIGURE_KINDS, TABLE_KINDS
 from rbd.report.plots import plot
 from rbd.report.rates import best_learning_rates, lr_snippet
 from rbd.report.tables import experiment_table, render, table_figure
 from rbd.workflow.config import expand_experiment, validate_config
+from tests.helpers import ROOT, _timed, is_pdf, make_run, run_rbd
 
 SCHEMA = ROOT / "config/schemas/config.schema.yaml"
 

@@ -7,12 +7,12 @@ import os
 import stat
 
 import pytest
-from conftest import run_rbd
 
 from rbd.train.io import write_json
 from rbd.train.loop import train
 from rbd.train.runs import CHECKPOINT, RUN_JSON
 from rbd.train.settings import TrainConfig
+from tests.helpers import run_rbd
 
 SMALL = ["--model", "fc", "--dataset", "mnist5k", "--train-limit", "64", "--threads", "1"]
 

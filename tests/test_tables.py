@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys
@@ -10,7 +9,6 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT
 
 from rbd.report.tables import (
     aggregate,
@@ -21,88 +19,7 @@ from rbd.report.tables import (
     render,
     wide_table,
 )
-
-
-def make_run(
-    root,
-    method,
-    seed,
-    val_accs,
-    *,
-    status="done",
-    dim=250,
-    model="fc",
-    dataset="mnist",
-    distribution="gaussian",
-    compartments="none",
-    switch="none",
-    lr=0.5,
-    grad_corr=0.05,
-    num_params=101_770,
-    num_coordinates=None,
-    metrics=None,
-    settings=None,
-):
-    """A run directory as `rbd train` writes it: run.json and one metrics row per epoch.
-
-    `val_accs` is the validation accuracy of each finished epoch (a number: two
-    epochs, the first at 11 %). A diverged run is written as train.py does: its
-    status says so and metrics.csv holds the epochs finished before it diverged.
-    `metrics` adds columns (name -> one value per epoch), `settings` config entries.
-    """
-    if np.isscalar(val_accs):
-        val_accs = [11.0, val_accs]
-    name = f"{model}-{dataset}-{method}-{dim}-{distribution}-{compartments}-{switch}-{lr}-{seed}"
-    name += "".join(f"-{v}" for v in (settings or {}).values())
-    run = root / name.replace(":", "_")
-    run.mkdir()
-    config = {
-        "model": model,
-        "dataset": dataset,
-        "method": method,
-        "dim": dim,
-        "seed": seed,
-        "distribution": distribution,
-        "compartments": compartments,
-        "switch": switch,
-        "lr": lr,
-        "epochs": len(val_accs),
-        "augment": False,
-    } | (settings or {})
-    record = {
-        "config": config,
-        "status": status,
-        "num_params": num_params,
-        "num_coordinates": num_coordinates if num_coordinates is not None else dim,
-        "epochs_completed": len(val_accs),
-    }
-    (run / "run.json").write_text(json.dumps(record))
-    rows = [
-        {
-            "epoch": e + 1,
-            "method": method,
-            "train_loss": 1.0 / (e + 1),
-            "train_acc": acc,
-            "val_loss": 1.0 / (e + 1),
-            "val_acc": acc,
-            "grad_corr_mean": grad_corr,
-        }
-        | {column: values[e] for column, values in (metrics or {}).items()}
-        for e, acc in enumerate(val_accs)
-    ]
-    pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
-    return run / "run.json"
-
-
-def is_pdf(path) -> bool:
-    """A complete, non-empty PDF: the header, a page, and the end-of-file marker."""
-    data = path.read_bytes()
-    return (
-        data.startswith(b"%PDF-")
-        and b"/Page" in data
-        and data.rstrip().endswith(b"%%EOF")
-        and len(data) > 1000
-    )
+from tests.helpers import ROOT, _timed, is_pdf, make_run
 
 
 @pytest.fixture
@@ -225,11 +142,6 @@ def test_curves_keep_every_epoch_and_diverged_runs(tmp_path):
     assert (tidy["experiment"] == "fig_curves").all() and len(tidy) == 4
     per_run = experiment_table(paths, "fig_dims", "dims")
     assert len(per_run) == 2 and np.isnan(per_run.loc[1, "val_acc"])
-
-
-def _timed(seconds, images=4000):
-    """metrics columns of an epoch of `images` images that took `seconds` each."""
-    return {"seconds": seconds, "images_per_s": [images / t for t in seconds]}
 
 
 def test_measured_step_seconds_is_the_median_epoch_time_over_its_steps():

@@ -12,9 +12,9 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import ROOT, run_rbd
 
 from rbd.train.loop import EPOCH_TIME_COLUMNS
+from tests.helpers import ROOT, run_rbd
 
 SMALL = ["--model", "fc", "--dataset", "mnist5k", "--train-limit", "512", "--threads", "1"]
 REQUIRED_COLUMNS = {

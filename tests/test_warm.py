@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, run_rbd
+
+from tests.helpers import ROOT, run_rbd
 
 TIMING = ["seconds", "images_per_s"]
 TRAIN = ["train", "--method", "rbd", "--model", "fc", "--dataset", "mnist5k", "--dim", "20",

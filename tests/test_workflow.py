@@ -5,27 +5,16 @@ from __future__ import annotations
 import math
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT
 
 from rbd import BASES_VERSION
 from rbd.train.runs import parse_run_key
 from rbd.workflow.cost import runtime_minutes
-
-
-def snakemake(*args, cwd=ROOT, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", ROOT / "Snakefile", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from tests.helpers import ROOT, _train_resources, snakemake
 
 
 def planned_jobs(proc) -> dict[str, int]:
@@ -123,20 +112,6 @@ def test_bases_experiment_also_builds_its_table(tmp_path):
     proc = snakemake("-n", "--cores", "8", "--directory", tmp_path, "figures/fig_bases.md")
     jobs = planned_jobs(proc)
     assert jobs["render_figure_table"] == 1 and "plot_figure" not in jobs
-
-
-def _train_resources(stdout: str) -> dict[str, dict[str, str]]:
-    """run key -> the threads and resources of its planned train job (dry run output)."""
-    jobs = {}
-    for block in re.split(r"^\[.*\]$", stdout, flags=re.M):
-        run = re.search(r"wildcards: run=(\S+)", block)
-        resources = re.search(r"resources: (.+)", block)
-        if run and resources:
-            values = dict(item.split("=", 1) for item in resources[1].split(", "))
-            threads = re.search(r"threads: (\d+)", block)
-            values["threads"] = threads[1] if threads else "1"
-            jobs[run[1]] = values
-    return jobs
 
 
 def test_distributed_runs_ask_for_a_core_or_gpu_per_worker(tmp_path):

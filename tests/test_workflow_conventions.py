@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
-from test_cost import _sbatch_line
-from test_workflow import _train_resources, snakemake
+
+from tests.helpers import ROOT, _sbatch_line, _train_resources, snakemake
 
 RULES = ROOT / "workflow" / "rules"
 ENVS = ROOT / "workflow" / "envs"

@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import ROOT
+
+from tests.helpers import ROOT
 
 
 def build_table1(tmp_path, methods, **overrides) -> subprocess.CompletedProcess:
