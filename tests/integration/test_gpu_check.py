@@ -32,7 +32,7 @@ TITLES = {
 
 
 def test_cpu_mode_runs_every_section_and_writes_the_report(tmp_path):
-    one_test = "tests/test_on_device.py::test_dense_directions_are_the_cpu_bits"
+    one_test = "tests/integration/test_on_device.py::test_dense_directions_are_the_cpu_bits"
     proc = subprocess.run(
         [sys.executable, SCRIPT, *TINY, "--tests", one_test, "--out", tmp_path],
         cwd=ROOT, capture_output=True, text=True, timeout=600,

@@ -108,7 +108,8 @@ def test_paper_table1_grid_is_six_pairs_times_four_methods_times_three_seeds():
         (m, d) for m in ("fc", "cnn") for d in ("mnist", "fashion_mnist", "cifar10")
     }
     rbd = next(r for r in runs if (r.method, r.model, r.dataset) == ("rbd", "fc", "mnist"))
-    # the authors' base_learning_rate(2**-5) at batch 32 (tests/test_authors_protocol.py)
+    # the authors' base_learning_rate(2**-5) at batch 32
+    # (tests/integration/test_authors_protocol.py)
     assert rbd.lr == 2**-5 * 32 and rbd.dim == 250 and rbd.epochs == 100 and rbd.augment
 
 

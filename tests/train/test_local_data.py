@@ -20,9 +20,7 @@ import yaml
 from rbd.train import data
 from tests.helpers import ROOT, run_rbd
 
-SHARED = Path(
-    os.environ.get("RBD_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared/data"
-)
+SHARED = Path(os.environ.get("RBD_SHARED_DATA") or ROOT.parent / "shared/data")
 SHARED_FOLDERS = {"mnist": "mnist", "fashion_mnist": "fashion-mnist"}
 TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 FILES = [

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "rbd"
+from tests.helpers import ROOT
+
+PACKAGE = ROOT / "rbd"
 
 # Bottom to top. `rbd` itself (version constants, the moved-module aliases) is below all.
 LAYERS = ("rbd", "rbd.bases", "rbd.optim", "rbd.train", "rbd.report", "rbd.workflow", "top")

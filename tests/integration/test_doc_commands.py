@@ -17,7 +17,7 @@ How a command runs (printed, with a count per kind, at the end of the module):
   figures of a finished run (a real run's report: test_workflow.py's tiny workflow);
 - dry run: Snakemake with `-n` added, where the command would train for long; with a
   SLURM profile also an sbatch check: every training job's `sbatch` line built by the
-  installed SLURM plugin (tests/test_cost.py) has the GPUs, CPUs, node, account and
+  installed SLURM plugin (tests/workflow/test_cost.py) has the GPUs, CPUs, node, account and
   partition the docs promise, and no `--ntasks-per-gpu`;
 - make -n: a `make` target that trains or runs this suite: its recipe is printed, and a
   Snakemake command in it is then dry-run;
@@ -359,7 +359,7 @@ def run_command(checkout: Checkout, cmd: Command, words: list[str]):
         run_pip(checkout, cmd, words)
     elif program == "conda":
         cmd.how = ("skipped: conda is not installed here (environment.yml is checked by "
-                   "tests/test_packaging.py)")  # fmt: skip
+                   "tests/contracts/test_packaging.py)")  # fmt: skip
         if shutil.which("conda"):
             cmd.how = "skipped: creating a conda environment downloads gigabytes"
     elif program == "snakemake":
@@ -373,7 +373,8 @@ def run_command(checkout: Checkout, cmd: Command, words: list[str]):
         cmd.how = "real"
     else:
         pytest.fail(
-            f"{cmd.doc}:{cmd.line}: no rule in tests/test_doc_commands.py runs `{cmd.text}`"
+            f"{cmd.doc}:{cmd.line}: no rule in tests/integration/test_doc_commands.py "
+            f"runs `{cmd.text}`"
         )
 
 
