@@ -55,9 +55,12 @@ test-arm: $(STAMP)
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
+# ruff, mypy on the torch-only layers rbd.bases and rbd.optim
+# ([tool.mypy] in pyproject.toml), snakefmt, Snakemake's linter.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rbd tests benchmarks docs examples
 	$(VENV)/bin/ruff format --check rbd tests benchmarks docs examples
+	$(VENV)/bin/mypy
 	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
 	$(VENV)/bin/snakemake --lint --configfile=config/quick.yaml
 

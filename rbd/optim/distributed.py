@@ -209,7 +209,7 @@ class DistributedRBD(RBD):
         seed_worker, lo, hi = self.share(compartment, worker)
         return self.seeds(compartment, step, seed_worker)[lo:hi]
 
-    def _expand(self, coords, compartment, step, worker) -> torch.Tensor:
+    def _expand(self, coords, compartment, step, worker) -> torch.Tensor:  # type: ignore[override]
         u = expand(
             coords,
             self._seeds_of(compartment, step, worker),
@@ -285,7 +285,7 @@ class DistributedRBD(RBD):
                         total.add_(gathered[w, a : a + comp.dim])
                     u = self._expand(total, comp, step, 0)
                 else:
-                    u = None
+                    u = None  # type: ignore[assignment]  # a Tensor after the first worker
                     for w in range(size):
                         _, lo, hi = self.share(comp, w)
                         part = (

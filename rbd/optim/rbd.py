@@ -42,7 +42,7 @@ class RandomBases(SeededOptimizer):
         "compartment_scale",
         "even_dims",
     )
-    flag_settings = ("normalize", "even_dims")
+    flag_settings: tuple[str, ...] = ("normalize", "even_dims")
 
     def __init__(
         self,
@@ -364,7 +364,7 @@ class RBD(RandomBases):
         self.coordinates = coordinates
 
     @property
-    def step_input(self) -> str:
+    def step_input(self) -> str:  # type: ignore[override]  # a class attribute elsewhere
         return "forward_closure" if self.coordinates == "forward" else "gradient"
 
     def step(self, closure=None):
