@@ -55,7 +55,7 @@ test-arm: $(STAMP)
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
-# ruff, mypy on the torch-only layers rbd.bases and rbd.optim
+# ruff (with complexity limits), mypy on the torch-only layers rbd.bases and rbd.optim
 # ([tool.mypy] in pyproject.toml), snakefmt, Snakemake's linter.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rbd tests benchmarks docs examples
