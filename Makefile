@@ -40,14 +40,14 @@ test-cluster: $(STAMP)
 	@test "$$(id -u)" -eq 0 || { echo "make test-cluster starts SLURM daemons: run it as root"; exit 1; }
 	RBD_CLUSTER_TEST=1 $(PY) -m pytest -q -rP -p no:cacheprovider tests/cluster
 
-# The kernels cross-built for aarch64 and run under qemu-user (tests/test_engine_arm.py);
+# The kernels cross-built for aarch64 and run under qemu-user (tests/bases/test_engine_arm.py);
 # installs Debian's cross compiler and qemu-user when missing (as root).
 test-arm: $(STAMP)
 	@command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null || \
 		{ test "$$(id -u)" -eq 0 || { echo "make test-arm installs gcc-aarch64-linux-gnu and qemu-user: run it as root, or install them"; exit 1; }; \
 		  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user >/dev/null; }
-	$(PY) -m pytest -q -rs -p no:cacheprovider tests/test_engine_arm.py
+	$(PY) -m pytest -q -rs -p no:cacheprovider tests/bases/test_engine_arm.py
 
 # On a CUDA machine, within 8 minutes: the device tests, CPU-against-GPU bits, step times
 # and a paper-preset slice through Snakemake; one report, results/gpu_check/gpu_check_report.md
@@ -55,11 +55,14 @@ test-arm: $(STAMP)
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
+# ruff (with complexity limits), mypy on the torch-only layers rbd.bases and rbd.optim
+# ([tool.mypy] in pyproject.toml), snakefmt, Snakemake's linter.
 # The documentation site (mkdocs.yml) is built with --strict: a broken link or a missing
 # section fails, into build/site (ignored by git).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rbd tests benchmarks docs examples
 	$(VENV)/bin/ruff format --check rbd tests benchmarks docs examples
+	$(VENV)/bin/mypy
 	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
 	$(VENV)/bin/snakemake --lint --configfile=config/quick.yaml
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet

@@ -8,7 +8,7 @@ Four sections, in this order, each reported as PASS, FAIL, ERROR (it could not r
 report says why) or SKIPPED (``--sections`` left it out):
 
 1. ``tests``: the pytest tests that take the ``device`` fixture (marked ``device``, all of
-   tests/test_on_device.py and the no-host-read tests of test_optim_conventions.py), run
+   tests/integration/test_on_device.py and the no-host-read tests of test_optim_conventions.py), run
    with ``RBD_TEST_DEVICE=<device>``.
 2. ``bits``: ``generate_directions`` of every distribution on the CPU and on the device,
    three run seeds, D = 101,770 (fc's D, a tail of 10 past a 64-value word), 3,001 and 97

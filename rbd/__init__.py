@@ -1,6 +1,6 @@
 """Random-bases descent (Gressmann et al., NeurIPS 2020) for PyTorch.
 
-The package in layers, each importing only those below it (tests/test_layering.py):
+The package in layers, each importing only those below it (tests/contracts/test_layering.py):
 
 - ``rbd.spec``: what a run is, its key, the rules between settings, every choice list and
   the facts of each data set and model (standard library only);

@@ -1,35 +1,18 @@
-"""Shared helpers: the repository root, running the `rbd` CLI in a subprocess, and the
-device that tests taking the ``device`` fixture run on."""
+"""Fixtures: the repository root and the device that tests taking the ``device`` fixture
+run on (helpers shared by several modules are in tests/helpers.py)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
 # Where tests that take the `device` fixture run: cpu unless set (benchmarks/gpu_check.py
 # sets it to cuda and selects them with `-m device`).
 DEVICE_ENV = "RBD_TEST_DEVICE"
-
-
-def run_rbd(*args, cwd=None, timeout=600, check=False) -> subprocess.CompletedProcess:
-    """`python -m rbd ARGS` with this interpreter; returns the completed process."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, "-m", "rbd", *map(str, args)],
-        cwd=cwd or ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"rbd {' '.join(map(str, args))} failed:\n{proc.stderr}")
-    return proc
 
 
 @pytest.fixture

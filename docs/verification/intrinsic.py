@@ -40,9 +40,7 @@ def main(argv=None) -> int:
     table = intrinsic_runs(done, "intrinsic_dim")
     table["run_key"] = [str(Path(d).relative_to(runs_dir)) for d in table["run_dir"]]
     for epoch in CHECK_EPOCHS:
-        table[f"val_acc_e{epoch}"] = [
-            _at_epoch(Path(d) / METRICS, epoch) for d in table["run_dir"]
-        ]
+        table[f"val_acc_e{epoch}"] = [_at_epoch(Path(d) / METRICS, epoch) for d in table["run_dir"]]
     table = table.drop(columns=["run_dir"])
     unfinished = []
     for log in sorted(runs_dir.rglob("log.txt")):

@@ -11,7 +11,7 @@ its new directories do not hold (runs of earlier sessions, whose directories are
 another seed joins them). The figure of the README and docs/results.md,
 ``paper_vs_ours.png``, is redrawn from the new summary (``rbd paper-vs-ours``). The
 table printed goes between the ``<!-- full-protocol -->`` markers of docs/results.md;
-the README's status counts follow from the summary (tests/test_front_door.py checks them).
+the README's status counts follow from the summary (tests/contracts/test_front_door.py checks them).
 
     .venv/bin/python docs/verification/summarise.py table1:rbd-fc-mnist=results/runs/... [...]
 """

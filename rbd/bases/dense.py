@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import cast
 
 import torch
 
@@ -239,7 +240,7 @@ def dense_update(
         table = normal_quantile_table(device)
         for start in starts[thread::threads]:
             rows = min(chunk, dim - start)
-            lib.rbd_project(
+            lib.rbd_project(  # type: ignore[union-attr]  # run only when lib is not None
                 native.pointer(seed_tensor[start:]),
                 rows,
                 size,
@@ -277,12 +278,12 @@ def dense_update(
     else:
         # Torch ops and the kernels release the GIL, so the threads run in
         # parallel; partial updates are summed in thread order.
-        parts = thread_pool(threads).map([lambda w=w: run(w) for w in range(threads)])
+        parts = thread_pool(threads).map([functools.partial(run, w) for w in range(threads)])
         if not with_update:
             return None
-        update = parts[0]
+        update = cast(torch.Tensor, parts[0])  # with an update, no part is None
         for part in parts[1:]:
-            update.add_(part)
+            update.add_(cast(torch.Tensor, part))
     if not normalize:
         update.div_(dim)
     return update

@@ -198,7 +198,7 @@ def expand(
                 blocks = StructuredBlocks(seeds, size, distribution, device)
             update = structured_update(blocks, c_all, size, normalize, device)
         return update.to(coords.dtype)
-    update = dense_update(
+    update = dense_update(  # type: ignore[assignment]  # not None: coords are given
         seeds,
         size,
         distribution,

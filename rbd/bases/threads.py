@@ -7,8 +7,11 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from queue import SimpleQueue
+from typing import TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 class ThreadPool:
@@ -40,8 +43,8 @@ class ThreadPool:
             except BaseException as error:  # handed to the caller
                 future.set_exception(error)
 
-    def map(self, fns: list[Callable[[], torch.Tensor]]) -> list[torch.Tensor]:
-        futures = []
+    def map(self, fns: list[Callable[[], T]]) -> list[T]:
+        futures: list[Future[T]] = []
         for q, fn in zip(self.queues, fns, strict=False):
             futures.append(Future())
             q.put((fn, futures[-1]))

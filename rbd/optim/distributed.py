@@ -256,7 +256,7 @@ class DistributedRBD(RBD):
                         total.add_(gathered[w, a : a + comp.dim])
                     u = self._expand_worker(total, comp, step, 0)
                 else:
-                    u = None
+                    u = None  # type: ignore[assignment]  # a Tensor after the first worker
                     for w in range(size):
                         _, lo, hi = self.share(comp, w)
                         part = (

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -194,8 +195,8 @@ class NES(SeededOptimizer):
         )
         weights = ranks / max(population - 1, 1) - 0.5
         # eps_i and -eps_i: their weights combine into one per draw.
-        w = (weights[0::2] - weights[1::2]) if antithetic else weights
-        w = w.float().tolist()  # the step's one host read
+        combined = (weights[0::2] - weights[1::2]) if antithetic else weights
+        w = combined.float().tolist()  # the step's one host read
         directions = []
         for part in parts:
             direction = torch.zeros_like(part.theta)
@@ -212,7 +213,7 @@ class NES(SeededOptimizer):
         grads = [p.grad for part in parts for p in part.params]
         have_grads = all(g is not None for g in grads)
         if have_grads:
-            g, u = flatten(grads).double(), torch.cat(directions).double()
+            g, u = flatten(cast(list[torch.Tensor], grads)).double(), torch.cat(directions).double()
             dot, denom = torch.dot(g, u), g.norm() * u.norm()
         if offspring is not None:
             loss = fitness.mean()  # the offspring's mean loss, as the authors report

@@ -28,7 +28,7 @@ FORWARD_CHUNK = 25
 # The default learning rate of RBD and FPD: the authors' rate for RBD on FC-MNIST. With
 # directions scaled by 1/sqrt(D) a step moves theta by about lr * d / D of the gradient,
 # so SGD's usual rates (1e-3 to 1e-1) leave RBD and FPD close to their initial weights
-# (tests/test_optim_defaults.py trains with the defaults).
+# (tests/optim/test_optim_defaults.py trains with the defaults).
 LR = 1.0
 
 
@@ -42,7 +42,7 @@ class RandomBases(SeededOptimizer):
         "compartment_scale",
         "even_dims",
     )
-    flag_settings = ("normalize", "even_dims")
+    flag_settings: tuple[str, ...] = ("normalize", "even_dims")
 
     def __init__(
         self,
@@ -365,7 +365,7 @@ class RBD(RandomBases):
         self.derivatives = derivatives
 
     @property
-    def step_input(self) -> str:
+    def step_input(self) -> str:  # type: ignore[override]  # a class attribute elsewhere
         return "forward_closure" if self.derivatives == "forward" else "gradient"
 
     def step(self, closure=None):

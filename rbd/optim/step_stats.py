@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
+from typing import cast
 
 import torch
 
@@ -23,7 +24,8 @@ class LazyStats(Mapping[str, float]):
 
     def _materialised(self) -> dict[str, float]:
         if self._values is None:
-            self._values, self._read = self._read(), None
+            read = cast(Callable[[], dict[str, float]], self._read)  # None once read
+            self._values, self._read = read(), None
         return self._values
 
     def __getitem__(self, name: str) -> float:

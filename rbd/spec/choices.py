@@ -1,5 +1,5 @@
 """Every choice list and pattern a setting takes, named once: the optimisers, the loop, the
-CLI and the config schema (held to these by tests/test_config.py) all read them here."""
+CLI and the config schema (held to these by tests/workflow/test_config.py) all read them here."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """One table of data-set facts and one of model facts, known without torch: the loaders,
-the models, the config check and the cost model read them here (tests/test_cost.py builds
+the models, the config check and the cost model read them here (tests/workflow/test_cost.py builds
 every model and checks its D)."""
 
 from __future__ import annotations

@@ -399,7 +399,7 @@ def parse_run_key(key: str) -> RunSpec:
         raise ValueError(f"run key part {head!r} is not 'd<dim>_<distribution>'")
     if not tail_match:
         raise ValueError(f"run key part {tail!r} is not 'seed<n>'")
-    types = {f.name: f.type for f in fields(RunSpec)}
+    types = {f.name: str(f.type) for f in fields(RunSpec)}
     by_prefix = {"lr": "lr", "e": "epochs", "b": "batch_size", _VERSION_TOKEN: "bases_version"}
     by_prefix |= {p: n for n, p in _option_tokens().items()}
     values: dict = {"bases_version": _FIRST_BASES_VERSION} if method in BASES_METHODS else {}
