@@ -38,7 +38,9 @@ def build_optimizer(
         check_update_rule(rule, beta2)
         if rule == "adam":
             return torch.optim.Adam(params, lr=lr, betas=(MOMENTUM, beta2), eps=EPS)
-        return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM if rule == "momentum" else 0.0)
+        if rule == "momentum":
+            return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM)
+        return torch.optim.SGD(params, lr=lr)
     classes = {"rbd": RBD, "fpd": FPD, "nes": NES}
     if method not in classes:
         raise ValueError(f"Invalid method: {method!r}; choose one of {METHODS}")

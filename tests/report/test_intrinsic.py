@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import math
 
-import numpy as np
 import pytest
 import yaml
 
@@ -149,11 +148,14 @@ def test_settings_that_cannot_work_fail_before_any_work_naming_the_key(change, m
 
 
 def test_the_quick_preset_plans_the_experiment_with_its_baseline():
-    from rbd.workflow.config import expand_experiment
+    from rbd.workflow.config import expand_experiment, in_default_target
 
     runs = expand_experiment(_quick(), "intrinsic_dim")
     methods = {r.method for r in runs}
     assert methods == {"fpd", "rbd", "sgd"}
-    assert all(r.update_rule == "adam" and r.l2 == 1e-4 for r in runs)
+    rules = {r.method: r.update_rule for r in runs}
+    assert rules == {"sgd": "adam", "fpd": "adam", "rbd": "sgd"}  # given per method
+    assert all(r.l2 == 1e-4 for r in runs)
     assert {r.dim for r in runs if r.method == "sgd"} == {0}
-    assert np.all([r.lr == 1e-3 for r in runs])
+    assert {r.method: r.lr for r in runs} == {"sgd": 0.01, "fpd": 0.01, "rbd": 1.0}
+    assert not in_default_target(_quick(), "intrinsic_dim")  # opt-in: not in make demo
