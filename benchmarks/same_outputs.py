@@ -190,7 +190,8 @@ def _flat(value, path: str, into: dict) -> dict:
         for k, v in value.items():
             parts = k.split("/")
             k = "/".join(RENAMED.get(p, p) for p in parts)
-            _flat(v, f"{path}/{RENAMED.get(k, k)}", into)
+            k = RENAMED.get(k, k)
+            _flat(v, f"{path}/{k}" if path else k, into)
     else:
         into[path] = value
     return into

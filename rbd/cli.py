@@ -88,6 +88,8 @@ def _add_train_parser(sub) -> None:
 
     # The train extra first: without it, the missing numpy fails here, in one line, before
     # torch is imported (and warns that numpy is missing).
+    import numpy  # noqa: F401
+
     import rbd.train.data  # noqa: F401
     from rbd.spec import TrainConfig
 

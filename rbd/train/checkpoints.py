@@ -51,13 +51,13 @@ def resume(setup: Setup) -> Progress:
     ckpt = _read_checkpoint(path)
     if ckpt is None:
         return Progress.start(setup.cfg.seed, setup.device, setup.rank)
+    _check_same_run(setup.cfg, ckpt.get("spec", {}), path)
     if ckpt.get("format", 1) != CHECKPOINT_FORMAT:
         raise RunDirectoryError(
             f"{path} is in checkpoint format {ckpt.get('format', 1)}, written by another "
             f"version of rbd; this one reads format {CHECKPOINT_FORMAT}: finish the run with "
             "the rbd that started it, or delete the checkpoint to train it from the start"
         )
-    _check_same_run(setup.cfg, ckpt.get("spec", {}), path)
     setup.model.load_state_dict(ckpt["model"])
     for opt, state in zip(setup.optimizers, ckpt["optimizers"], strict=True):
         opt.load_state_dict(state)

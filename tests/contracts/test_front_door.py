@@ -128,7 +128,7 @@ def _key_rows(text: str, heading: str) -> dict[str, list[str]]:
     for line in text[start:end].splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
         if line.startswith("| `") and len(cells) == 4:
-            for key in re.findall(r"`([a-z_]+)`", cells[0]):
+            for key in re.findall(r"`([a-z0-9_]+)`", cells[0]):
                 rows[key] = cells
     return rows
 

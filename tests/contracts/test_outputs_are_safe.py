@@ -78,15 +78,18 @@ def test_every_run_key_matches_the_snakefiles_run_constraint():
 
 def test_the_train_launcher_passes_metacharacters_through_unchanged(tmp_path):
     """A data directory with spaces, quotes, $(...) and ; reaches `rbd train` as one
-    argument, and nothing runs it."""
+    argument, and nothing runs it. The launcher is written when a real run starts (the
+    Snakefile's onstart; a dry run writes nothing): here one that trains nothing, the
+    committed paper-vs-ours figure."""
     data_dir = tmp_path / "my data 'quoted' $(touch pwned); echo x"
     config = yaml.safe_load((ROOT / "config/quick.yaml").read_text())
     config |= {"data_dir": str(data_dir), "threads": 2}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", ROOT / "Snakefile", "-n",
-         "--cores", "1", "--directory", tmp_path, f"--configfile={path}"],
+        [sys.executable, "-m", "snakemake", "--snakefile", ROOT / "Snakefile",
+         "--cores", "1", "--directory", tmp_path, f"--configfile={path}",
+         "figures/paper_vs_ours.pdf"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr + proc.stdout

@@ -34,9 +34,9 @@ def test_environment_yml_names_the_pyproject_dependencies():
 def test_schema_enums_match_the_package():
     from rbd.bases import DISTRIBUTIONS
     from rbd.optim import METHODS
+    from rbd.spec import NES_BATCHES
     from rbd.train.data import DATASETS
     from rbd.train.models import INITS, MODELS
-    from rbd.train.settings import NES_BATCHES
 
     defs = yaml.safe_load((ROOT / "config/schemas/config.schema.yaml").read_text())["$defs"]
     assert set(defs["model"]["enum"]) == set(MODELS)

@@ -159,3 +159,34 @@ def test_the_quick_preset_plans_the_experiment_with_its_baseline():
     assert {r.dim for r in runs if r.method == "sgd"} == {0}
     assert {r.method: r.lr for r in runs} == {"sgd": 0.01, "fpd": 0.01, "rbd": 1.0}
     assert not in_default_target(_quick(), "intrinsic_dim")  # opt-in: not in make demo
+
+
+def test_the_verification_pages_commands_run(tmp_path):
+    """docs/verification/intrinsic_dim.md's commands: the preset's Snakemake call as a dry run
+    (it plans the intrinsic-dimension runs and their figure), and the summary script on a
+    results directory of runs (here a small one), which writes the CSVs and the figure."""
+    import re
+    import subprocess
+    import sys
+
+    page = (ROOT / "docs/verification/intrinsic_dim.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", page, re.S)[1].strip().splitlines()
+    snakemake, summary = block
+    assert snakemake.startswith(".venv/bin/snakemake") and "preset=intrinsic" in snakemake
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", *snakemake.split()[1:], "-n", "--directory", tmp_path],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(re.findall(r"^rule train:", proc.stdout, re.M)) == 54
+    runs = tmp_path / "results" / "runs" / "mnist" / "fc2x200"
+    runs.mkdir(parents=True)
+    _li_runs(runs, {("fpd", 500): [85.0], ("fpd", 750): [89.0]}, [98.0])
+    script, results = summary.split()[1:]
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, ROOT / script, tmp_path / results, "--out", out],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    d90 = (out / "intrinsic_dim.csv").read_text()
+    assert "fpd" in d90 and (out / "intrinsic_dim.png").stat().st_size > 1000
+    assert len((out / "intrinsic_dim_runs.csv").read_text().splitlines()) == 1 + 3

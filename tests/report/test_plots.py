@@ -20,8 +20,42 @@ from tests.helpers import ROOT, _timed, is_pdf, make_run, run_rbd
 SCHEMA = ROOT / "config/schemas/config.schema.yaml"
 
 
+def _bases_runs(root):
+    paths = []
+    for dist, seconds in (("gaussian", 5.0), ("srht", 0.5), ("fastfood", 0.6)):
+        for dim in (50, 100):
+            for seed in range(2):
+                paths.append(
+                    make_run(root, "rbd", seed, 70.0 + seed + dim / 10, dim=dim,
+                             distribution=dist, metrics=_timed([seconds * dim / 100] * 2))
+                )  # fmt: skip
+    paths.append(make_run(root, "rbd", 2, [11.0], dim=100, distribution="srht",
+                          status="diverged"))  # fmt: skip
+    paths.append(make_run(root, "sgd", 0, 90.0, dim=0, distribution="none",
+                          metrics=_timed([0.2, 0.2])))  # fmt: skip
+    return paths
+
+
+def _intrinsic_runs(root):
+    li = {"update_rule": "adam", "l2": 1e-4}
+    paths = [make_run(root, "sgd", 0, 98.0, dim=0, distribution="none", settings=li)]
+    for method, accs in (("fpd", (60.0, 85.0, 92.0)), ("rbd", (80.0, 93.0, 95.0))):
+        for dim, acc in zip((100, 500, 1000), accs, strict=True):
+            paths.append(make_run(root, method, 0, acc, dim=dim, distribution="fastfood",
+                                  settings=li))  # fmt: skip
+    paths.append(make_run(root, "rbd", 1, [11.0], dim=100, distribution="fastfood",
+                          status="diverged", settings=li))  # fmt: skip
+    return paths
+
+
+# Kinds whose hand-made runs have a builder of their own.
+OWN_RUNS = {"bases": _bases_runs, "intrinsic_dim": _intrinsic_runs}
+
+
 def _figure_runs(root, kind):
     """A small hand-made experiment of each figure kind, with one diverged run."""
+    if kind in OWN_RUNS:
+        return OWN_RUNS[kind](root)
     paths = []
     if kind == "curves":
         for method, base in (("sgd", 80.0), ("rbd", 60.0), ("fpd", 50.0), ("nes", 20.0)):
@@ -73,21 +107,9 @@ def _figure_runs(root, kind):
                         [60.0, 70.0 + workers],
                         dim=100,
                         metrics=timings,
-                        settings={"workers": workers, "bases": bases},
+                        settings={"workers": workers, "sharing": bases},
                     )  # fmt: skip
                 )
-    elif kind == "bases":
-        for dist, seconds in (("gaussian", 5.0), ("srht", 0.5), ("fastfood", 0.6)):
-            for dim in (50, 100):
-                for seed in range(2):
-                    paths.append(
-                        make_run(root, "rbd", seed, 70.0 + seed + dim / 10, dim=dim,
-                                 distribution=dist, metrics=_timed([seconds * dim / 100] * 2))
-                    )  # fmt: skip
-        paths.append(make_run(root, "rbd", 2, [11.0], dim=100, distribution="srht",
-                              status="diverged"))  # fmt: skip
-        paths.append(make_run(root, "sgd", 0, 90.0, dim=0, distribution="none",
-                              metrics=_timed([0.2, 0.2])))  # fmt: skip
     return paths
 
 

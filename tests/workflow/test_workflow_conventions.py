@@ -241,6 +241,15 @@ def test_conda_jobs_import_the_rbd_of_the_checkout(tmp_path):
     prefix = f"env PYTHONPATH={ROOT} python -m rbd "
     commands = [line for line in proc.stdout.splitlines() if " -m rbd " in line]
     assert commands and all(c.startswith(f"Shell command: {prefix}") for c in commands), commands
+    # The launcher is written when a real run starts (onstart), never by a dry run: a run
+    # that only marks the outputs done (--touch) writes it without training.
+    assert not (work / ".snakemake/rbd/train.sh").exists()
+    touched = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", ROOT / "Snakefile", "--touch",
+         "--cores", "1", "--sdm", "conda", "--directory", work, QUICK, "figures/table1.md"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert touched.returncode == 0, touched.stdout + touched.stderr
     launcher = (work / ".snakemake/rbd/train.sh").read_text()
     assert f"exec {prefix}train " in launcher, launcher
 

@@ -18,6 +18,12 @@ rule plot_figure:
             if wildcards.experiment in SWEEP_EXPERIMENTS
             else []
         ),
+        # A table's page comes with its Markdown and LaTeX (figures/table1.pdf builds all).
+        table=lambda wildcards: (
+            [f"figures/{wildcards.experiment}.md"]
+            if wildcards.experiment in TABLE_EXPERIMENTS
+            else []
+        ),
     output:
         pdf=report(
             "figures/{experiment}.pdf",
