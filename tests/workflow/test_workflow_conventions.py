@@ -327,7 +327,7 @@ def _documented(readme: str, heading: str) -> set[str]:
     start = readme.index(heading)
     end = readme.find("\n## ", start + 1)
     rows = re.findall(r"^\| (.+?) \|", readme[start:end], flags=re.M)
-    return {key for row in rows for key in re.findall(r"`([a-z_]+)`", row)}
+    return {key for row in rows for key in re.findall(r"`([a-z0-9_]+)`", row)}
 
 
 def test_config_readme_documents_every_schema_key():
