@@ -205,34 +205,29 @@ class RandomBases(SeededOptimizer):
             kept = self._kept_blocks[compartment] = (step, blocks)
         return kept[1]
 
-    def _coordinates(self, compartment: Compartment, step: int, grad: torch.Tensor):
-        """c = Phi g alone (the update is built from the update rule's step instead)."""
+    def _engine(self, compartment: Compartment, step: int) -> dict:
+        """How the engine applies the compartment's Phi at ``step``: its distribution, scale,
+        chunks, threads and (structured) drawn factors."""
         group = self.param_groups[compartment.group]
-        coords = project_coordinates(
-            grad,
-            self.seeds(compartment, step),
-            group["distribution"],
+        return dict(
+            distribution=group["distribution"],
             normalize=group["normalize"],
             chunk_size=self.chunk_size,
             threads=self.threads,
             blocks=self._blocks(compartment, step),
         )
+
+    def _coordinates(self, compartment: Compartment, step: int, grad: torch.Tensor):
+        """c = Phi g alone (the update is built from the update rule's step instead)."""
+        seeds = self.seeds(compartment, step)
+        coords = project_coordinates(grad, seeds, **self._engine(compartment, step))
         share = self._network_share(compartment)
         return coords.mul_(math.sqrt(share)) if share != 1.0 else coords
 
     def _expand(self, compartment: Compartment, step: int, coords: torch.Tensor):
         """Phi^T s for the compartment's Phi at ``step`` (rows scaled as in the update)."""
-        group = self.param_groups[compartment.group]
-        update = expand(
-            coords,
-            self.seeds(compartment, step),
-            compartment.size,
-            group["distribution"],
-            normalize=group["normalize"],
-            chunk_size=self.chunk_size,
-            threads=self.threads,
-            blocks=self._blocks(compartment, step),
-        )
+        seeds = self.seeds(compartment, step)
+        update = expand(coords, seeds, compartment.size, **self._engine(compartment, step))
         share = self._network_share(compartment)
         return update.mul_(math.sqrt(share)) if share != 1.0 else update
 
